@@ -1,0 +1,3 @@
+from bisect_lite.cli import main
+
+main()

@@ -1,0 +1,119 @@
+"""The engine interface.
+
+An engine takes a saved model (a directory with `model.pdmodel` + `model.pdiparams`) and input arrays, and returns
+the fetch targets keyed by tensor name, or a verdict (`crash`, `timeout`).
+
+Methods split by where they run:
+- parent process: construction (validates the spec), `unavailable_reason`, `version`, `cache_key`, `execute`;
+- worker process (see worker.py): `load` (convert/prepare once per model) and `infer` (run many times).
+Heavy imports (paddle, onnxruntime) belong in the worker-side methods only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bisect_lite.engines.spec import EngineSpec
+from bisect_lite.errors import InputError
+
+
+@dataclass
+class Job:
+    """One run: files the engine reads and the file it must write."""
+
+    model_dir: Path
+    inputs_file: Path  # .npz, one array per feed
+    outputs_file: Path  # .npz to write, one array per fetch
+    io_file: Path  # JSON {"feeds": [...], "fetches": [...]}
+    feeds: list[str]
+    fetches: list[str]
+    work_dir: Path  # private scratch space of this engine (prepared artefacts live below it)
+
+
+@dataclass
+class RunResult:
+    status: str  # "ok" | "crash" | "timeout"
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+    message: str = ""  # for crash/timeout: exit code or signal and the tail of stderr
+    info: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Engine:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    words: ClassVar[dict[str, str]] = {}  # accepted bare words -> help
+    option_help: ClassVar[dict[str, str]] = {}  # accepted KEY=VALUE options -> help
+    isolated: ClassVar[bool] = True  # run in a worker process (False: `execute` isolates by itself)
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        for word in spec.words:
+            if word not in self.words:
+                raise InputError(self._unknown("word", word, self.words))
+        for key, _ in spec.options:
+            if key not in self.option_help:
+                raise InputError(self._unknown("option", key, self.option_help))
+
+    def _unknown(self, what: str, got: str, accepted: dict[str, str]) -> str:
+        ok = ", ".join(sorted(accepted)) or "none"
+        return f"engine {self.name!r}: unknown {what} {got!r} (accepted: {ok})"
+
+    def option(self, key: str, default: str | None = None, choices: tuple[str, ...] | None = None) -> str | None:
+        value = self.spec.option(key, default)
+        if choices is not None and value not in choices:
+            raise InputError(f"engine {self.spec}: {key}={value} is not one of {', '.join(choices)}")
+        return value
+
+    def int_option(self, key: str, default: int) -> int:
+        value = self.spec.option(key)
+        try:
+            return default if value is None else int(value)
+        except ValueError:
+            raise InputError(f"engine {self.spec}: {key}={value} is not an integer") from None
+
+    # ---- parent side ----------------------------------------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this engine cannot run here (None when it can). Must be cheap: no heavy imports."""
+        return None
+
+    def version(self) -> str:
+        return "unknown"
+
+    def cache_key(self) -> str:
+        """What identifies results: the canonical spec and the engine's version."""
+        return f"{self.spec}|{self.version()}"
+
+    def facts(self) -> dict[str, Any]:
+        """Facts recorded with results and repros (versions, device)."""
+        return {"engine": str(self.spec), "version": self.version()}
+
+    def execute(self, job: Job, timeout: float) -> RunResult:
+        """Run a job without a worker (only for engines with isolated = False)."""
+        raise NotImplementedError
+
+    # ---- worker side ----------------------------------------------------------------------------------
+    def load(self, model_dir: Path, work_dir: Path) -> Any:
+        raise NotImplementedError
+
+    def infer(self, loaded: Any, inputs: dict[str, np.ndarray], fetches: list[str]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def package_version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None

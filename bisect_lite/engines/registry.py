@@ -1,0 +1,50 @@
+"""The engine registry: engine names users type, and how to build an engine from a spec string."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from bisect_lite.engines.base import Engine
+from bisect_lite.engines.spec import EngineSpec, parse_spec
+from bisect_lite.errors import InputError
+
+# name -> "module:Class"; modules are imported only when the engine is used.
+ENGINES: dict[str, str] = {
+    "paddle": "bisect_lite.engines.paddle_inference:PaddleEngine",
+    "paddle-opt": "bisect_lite.engines.paddle_inference:PaddleOptEngine",
+    "fp16": "bisect_lite.engines.fp16:Fp16Engine",
+    "onnxruntime": "bisect_lite.engines.onnxruntime:OnnxRuntimeEngine",
+    "cmd": "bisect_lite.engines.command:CommandEngine",
+    "lite": "bisect_lite.engines.lite:LiteEngine",
+}
+
+
+def engine_class(name: str) -> type[Engine]:
+    target = ENGINES.get(name)
+    if target is None:
+        raise InputError(f"unknown engine {name!r}; available: {', '.join(ENGINES)} (see `bisect-lite engines`)")
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_engine(spec: str | EngineSpec) -> Engine:
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    return engine_class(parsed.name)(parsed)
+
+
+def list_engines() -> list[dict[str, Any]]:
+    rows = []
+    for name in ENGINES:
+        cls = engine_class(name)
+        reason = cls.unavailable_reason()
+        try:
+            version = cls(EngineSpec(name, (), (("template", "true"),) if name == "cmd" else ())).version()
+        except Exception:
+            version = "?"
+        rows.append({
+            "name": name, "summary": cls.summary, "available": reason is None, "why_not": reason,
+            "version": version if reason is None else None,
+            "words": cls.words, "options": cls.option_help,
+        })
+    return rows

@@ -1,0 +1,122 @@
+"""Run an engine on a model: materialise files, use the cache, isolate the engine, turn failures into verdicts."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from bisect_lite.cache import Cache
+from bisect_lite.engines.base import Engine, Job, RunResult
+from bisect_lite.engines.registry import create_engine
+from bisect_lite.engines.worker import Worker, WorkerDied
+from bisect_lite.errors import EngineUnavailable
+from bisect_lite.model import Model
+
+DEFAULT_TIMEOUT = 120.0
+
+
+class EngineRunner:
+    """One engine, its worker process (started lazily, restarted after a crash) and the cache."""
+
+    def __init__(self, engine: Engine | str, cache: Cache | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                 verbose: bool = False, scratch: Path | None = None) -> None:
+        self.engine = create_engine(engine) if isinstance(engine, str) else engine
+        reason = self.engine.unavailable_reason()
+        if reason:
+            raise EngineUnavailable(f"engine {self.engine.spec} is unavailable: {reason}")
+        self.cache = cache or Cache(results=False)
+        self._own_cache = cache is None
+        self.timeout = timeout
+        self.verbose = verbose
+        self._scratch_tmp = None if scratch else tempfile.TemporaryDirectory(prefix="bisect-lite-run-")
+        self.scratch = Path(scratch) if scratch else Path(self._scratch_tmp.name)  # type: ignore[union-attr]
+        self.worker: Worker | None = None
+        self.runs = 0  # engine executions (cache hits excluded)
+        self.engine_seconds = 0.0
+        self._key = self.engine.cache_key()
+
+    @property
+    def spec(self) -> str:
+        return str(self.engine.spec)
+
+    def facts(self) -> dict:
+        return self.engine.facts()
+
+    def run(self, model: Model, inputs: Mapping[str, np.ndarray], *, use_cache: bool = True) -> RunResult:
+        inputs = {name: np.asarray(inputs[name]) for name in model.feeds}
+        fetches = list(model.fetches)
+        key = self.cache.result_key(model, self._key, inputs, fetches)
+        if use_cache:
+            hit = self.cache.get_result(key)
+            if hit is not None and all(f in hit for f in fetches):
+                return RunResult("ok", hit, 0.0, cached=True)
+        job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.scratch))
+        job = Job(
+            model_dir=self.cache.model_dir(model),
+            inputs_file=job_dir / "inputs.npz",
+            outputs_file=job_dir / "outputs.npz",
+            io_file=job_dir / "io.json",
+            feeds=list(model.feeds),
+            fetches=fetches,
+            work_dir=self.cache.prepared_dir(model, self._key),
+        )
+        np.savez(job.inputs_file, **inputs)
+        job.io_file.write_text(json.dumps({"feeds": job.feeds, "fetches": job.fetches}))
+        start = time.perf_counter()
+        result = self._execute(job)
+        result.seconds = time.perf_counter() - start
+        self.runs += 1
+        self.engine_seconds += result.seconds
+        if result.ok:
+            result = self._collect(job, result)
+            if result.ok:
+                self.cache.put_result(key, result.outputs)
+        return result
+
+    def _execute(self, job: Job) -> RunResult:
+        if not self.engine.isolated:
+            return self.engine.execute(job, self.timeout)
+        if self.worker is None:
+            self.worker = Worker(str(self.engine.spec), self.scratch / "worker.log", verbose=self.verbose)
+        try:
+            return self.worker.run(job, self.timeout)
+        except WorkerDied as exc:
+            raise EngineUnavailable(f"engine {self.engine.spec} cannot start: {exc}") from None
+
+    @staticmethod
+    def _collect(job: Job, result: RunResult) -> RunResult:
+        try:
+            with np.load(job.outputs_file, allow_pickle=False) as data:
+                outputs = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            return RunResult("crash", seconds=result.seconds, message="engine wrote no outputs file")
+        except (OSError, ValueError) as exc:
+            return RunResult("crash", seconds=result.seconds, message=f"unreadable outputs file ({exc})")
+        missing = [f for f in job.fetches if f not in outputs]
+        if missing:
+            return RunResult("crash", seconds=result.seconds,
+                             message=f"outputs file lacks {len(missing)} of {len(job.fetches)} fetches: "
+                                     + ", ".join(missing[:5]))
+        result.outputs = {f: outputs[f] for f in job.fetches}
+        return result
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+        if self._scratch_tmp is not None:
+            self._scratch_tmp.cleanup()
+            self._scratch_tmp = None
+        if self._own_cache:
+            self.cache.close()
+
+    def __enter__(self) -> EngineRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,229 @@
+"""Worker processes: engines run outside the bisect-lite process, so a crashing or hanging kernel is a verdict.
+
+Protocol (JSON lines; the worker's real stdout is reserved for it, everything native code prints goes to stderr):
+    worker -> {"ready": true, "info": {...}}                       once, after start-up
+    parent -> {"cmd": "run", "model_dir", "work_dir", "inputs", "outputs", "fetches"}
+    worker -> {"ok": true, "seconds": s, "load_seconds": s}  or  {"ok": false, "error": "..."}
+A worker lives across runs (paddle's import costs about a second) and keeps the last few loaded models.
+Start it with `python -m bisect_lite.engines.worker SPEC`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from bisect_lite.engines.base import Job, RunResult
+
+STARTUP_TIMEOUT = 180.0
+QUIET_ENV = {"GLOG_minloglevel": "3", "GLOG_v": "0", "FLAGS_call_stack_level": "0", "PYTHONWARNINGS": "ignore"}
+
+
+def tail(path: Path, limit: int = 1500) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(lines[-12:])
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Worker:
+    """Parent-side handle of one worker process for one engine spec."""
+
+    def __init__(self, spec: str, log_file: Path, *, verbose: bool = False, python: str | None = None,
+                 command: list[str] | None = None) -> None:
+        self.spec = spec
+        self.log_file = log_file
+        self.verbose = verbose
+        self.command = command or [python or sys.executable, "-m", "bisect_lite.engines.worker", spec]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+        self._buf = b""
+        self._log_offset = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        env = dict(os.environ)
+        if not self.verbose:
+            env.update(QUIET_ENV)
+        # The worker must import this very package, even when bisect-lite runs from a source checkout.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")
+        self._log_offset = log.tell()
+        try:
+            self.proc = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self._buf = b""
+        msg = self._read_message(STARTUP_TIMEOUT)
+        if msg is None or not msg.get("ready"):
+            reason = self._death_reason("did not start")
+            self.stop()
+            raise WorkerDied(reason)
+        self.info = msg.get("info", {})
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream:
+                stream.close()
+
+    # ---- runs ---------------------------------------------------------------------------------------------
+    def run(self, job: Job, timeout: float) -> RunResult:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        assert self.proc is not None and self.proc.stdin is not None
+        request = {
+            "cmd": "run", "model_dir": str(job.model_dir), "work_dir": str(job.work_dir),
+            "inputs": str(job.inputs_file), "outputs": str(job.outputs_file), "fetches": job.fetches,
+        }
+        start = time.perf_counter()
+        try:
+            self.proc.stdin.write((json.dumps(request) + "\n").encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        msg = self._read_message(timeout)
+        seconds = time.perf_counter() - start
+        self._echo_log()
+        if msg is None:
+            timed_out = self.proc is not None and self.proc.poll() is None
+            reason = f"no answer within {timeout:g} s" if timed_out else self._death_reason("died")
+            result = RunResult("timeout" if timed_out else "crash", seconds=seconds, message=reason)
+            self.stop()  # restarted lazily by the next run
+            return result
+        if not msg.get("ok"):
+            return RunResult("crash", seconds=seconds, message=f"engine error: {msg.get('error', '?')}")
+        return RunResult("ok", seconds=seconds, info={"run_seconds": msg.get("seconds"),
+                                                      "load_seconds": msg.get("load_seconds")})
+
+    def _death_reason(self, what: str) -> str:
+        code = self.proc.poll() if self.proc else None
+        if self.proc is not None and code is None:
+            try:
+                code = self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
+        text = tail(self.log_file)
+        return f"worker {what} ({describe_exit(code)})" + (f": {text}" if text else "")
+
+    def _echo_log(self) -> None:
+        if not self.verbose:
+            return
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(self._log_offset)
+                data = f.read()
+                self._log_offset = f.tell()
+        except OSError:
+            return
+        if data:
+            sys.stderr.write(data.decode(errors="replace"))
+
+    def _read_message(self, timeout: float) -> dict[str, Any] | None:
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    return None
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return None
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        try:
+            return json.loads(line)
+        except ValueError:
+            return {"ok": False, "error": f"garbled worker message {line[:200]!r}"}
+
+
+class WorkerDied(Exception):
+    pass
+
+
+# ---- child side -------------------------------------------------------------------------------------------
+def serve(spec_text: str) -> None:
+    import numpy as np
+
+    from bisect_lite.engines.registry import create_engine
+
+    # Keep the protocol channel private: native code (glog, print) writing to fd 1 must not garble it.
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(msg: dict[str, Any]) -> None:
+        proto.write(json.dumps(msg) + "\n")
+        proto.flush()
+
+    engine = create_engine(spec_text)
+    loaded: OrderedDict[str, Any] = OrderedDict()
+    send({"ready": True, "info": {"pid": os.getpid(), "engine": spec_text}})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        try:
+            t0 = time.perf_counter()
+            key = req["model_dir"]
+            if key not in loaded:
+                loaded[key] = engine.load(Path(req["model_dir"]), Path(req["work_dir"]))
+                while len(loaded) > 4:
+                    loaded.popitem(last=False)
+            loaded.move_to_end(key)
+            t1 = time.perf_counter()
+            with np.load(req["inputs"], allow_pickle=False) as data:
+                inputs = {k: data[k] for k in data.files}
+            outputs = engine.infer(loaded[key], inputs, list(req["fetches"]))
+            t2 = time.perf_counter()
+            tmp = req["outputs"] + ".part.npz"
+            np.savez(tmp, **{k: np.asarray(v) for k, v in outputs.items()})
+            os.replace(tmp, req["outputs"])
+            send({"ok": True, "seconds": t2 - t1, "load_seconds": t1 - t0})
+        except Exception as exc:  # an engine error is a verdict for this run, not the end of the worker
+            send({"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()[-1500:]}"})
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
