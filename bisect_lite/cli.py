@@ -25,7 +25,9 @@ err = Console(stderr=True, highlight=False)
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs (Paddle's glog) on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ModelArg = Annotated[Path, typer.Argument(help="Model directory or .pdmodel file (legacy Paddle inference format).")]
-ParamsOpt = Annotated[Path | None, typer.Option("--params", help="Params file, when it cannot be found next to the model.")]
+ParamsOpt = Annotated[
+    Path | None, typer.Option("--params", help="Params file, when it cannot be found next to the model.")
+]
 
 
 def _print_json(data: Any) -> None:
@@ -102,12 +104,17 @@ def parse_op_range(text: str) -> list[int]:
         raise InputError(f"--op {text!r}: expected an op index N or a range N..M with N <= M") from None
 
 
+def _fail(message: str, code: int) -> None:
+    # Plain write: one line, never wrapped or styled, whatever the terminal width.
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(code)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
     except BisectLiteError as exc:
-        err.print(f"error: {exc}", markup=False)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         sys.exit(130)
@@ -119,6 +126,5 @@ def main() -> None:
             sys.exit(130)
         if hasattr(exc, "format_message"):
             hint = f" (see `bisect-lite {exc.ctx.info_name} --help`)" if getattr(exc, "ctx", None) else ""
-            err.print(f"error: {exc.format_message()}{hint}", markup=False)
-            sys.exit(2)
+            _fail(f"{exc.format_message()}{hint}", 2)
         raise

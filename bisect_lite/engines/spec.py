@@ -41,7 +41,9 @@ def parse_spec(text: str) -> EngineSpec:
     name, sep, rest = text.partition(":")
     if name == "cmd":
         if not rest.strip():
-            raise InputError("engine spec 'cmd:' needs a command template, e.g. cmd:./run.sh {model_dir} {inputs} {outputs}")
+            raise InputError(
+                "engine spec 'cmd:' needs a command template, e.g. cmd:./run.sh {model_dir} {inputs} {outputs}"
+            )
         return EngineSpec("cmd", (), (("template", rest),))
     if not _TOKEN.match(name):
         raise InputError(f"engine spec {text!r}: bad engine name {name!r}")

@@ -99,7 +99,8 @@ def load_model(path: str | Path, params: str | Path | None = None) -> Model:
         program = framework_pb2().ProgramDesc()
         program.ParseFromString(data)
     except Exception:
-        raise InputError(f"{model_file}: not a Paddle program (protobuf parse failed; corrupt or wrong file?)") from None
+        raise InputError(f"{model_file}: not a Paddle program (protobuf parse failed; corrupt or wrong file?)") \
+            from None
     if not program.blocks:
         raise InputError(f"{model_file}: not a Paddle program (no blocks; corrupt or wrong file?)")
     model = Model(program, {}, source=model_file.parent)

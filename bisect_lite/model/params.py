@@ -24,38 +24,38 @@ def read_tensor(buf: memoryview | bytes, offset: int = 0, name: str = "?") -> tu
     try:
         (version,) = struct.unpack_from("<I", view, offset)
         if version != 0:
-            raise InputError(f"params: tensor {name!r} has unsupported version {version} (corrupt file?)")
+            raise InputError(f"tensor {name!r} has unsupported version {version} (corrupt file?)")
         (lod_level,) = struct.unpack_from("<Q", view, offset + 4)
         offset += 12
         if lod_level > 16:
-            raise InputError(f"params: tensor {name!r} has an implausible LoD level {lod_level} (corrupt file?)")
+            raise InputError(f"tensor {name!r} has an implausible LoD level {lod_level} (corrupt file?)")
         for _ in range(lod_level):
             (nbytes,) = struct.unpack_from("<Q", view, offset)
             offset += 8 + nbytes
         version, desc_len = struct.unpack_from("<Ii", view, offset)
         offset += 8
         if version != 0 or desc_len < 0 or offset + desc_len > len(view):
-            raise InputError(f"params: tensor {name!r} has a corrupt header")
+            raise InputError(f"tensor {name!r} has a corrupt header")
         desc = framework_pb2().VarType.TensorDesc()
         desc.ParseFromString(bytes(view[offset : offset + desc_len]))
         offset += desc_len
     except struct.error:
-        raise InputError(f"params: file ends inside the header of tensor {name!r} (truncated file?)") from None
+        raise InputError(f"file ends inside the header of tensor {name!r} (truncated file?)") from None
     except InputError:
         raise
     except Exception as exc:  # protobuf DecodeError and friends
-        raise InputError(f"params: tensor {name!r} has an unreadable description ({exc})") from None
+        raise InputError(f"tensor {name!r} has an unreadable description ({exc})") from None
     dtype = DTYPE_BY_CODE.get(desc.data_type)
     if dtype is None:
-        raise InputError(f"params: tensor {name!r} has unsupported data type code {desc.data_type}")
+        raise InputError(f"tensor {name!r} has unsupported data type code {desc.data_type}")
     shape = tuple(int(d) for d in desc.dims)
     if any(d < 0 for d in shape):
-        raise InputError(f"params: tensor {name!r} has negative dims {shape}")
+        raise InputError(f"tensor {name!r} has negative dims {shape}")
     count = int(np.prod(shape, dtype=np.int64))
     nbytes = count * dtype.itemsize
     if offset + nbytes > len(view):
         raise InputError(
-            f"params: tensor {name!r} needs {nbytes} bytes but the file has {len(view) - offset} left (truncated?)"
+            f"tensor {name!r} needs {nbytes} bytes but the file has {len(view) - offset} left (truncated?)"
         )
     array = np.frombuffer(view, dtype=dtype.newbyteorder("<"), count=count, offset=offset).reshape(shape)
     return array.astype(dtype, copy=True), offset + nbytes
@@ -66,7 +66,7 @@ def tensor_bytes(array: np.ndarray) -> bytes:
     array = np.asarray(array)
     code = CODE_BY_DTYPE.get(array.dtype)
     if code is None:
-        raise InputError(f"params: cannot store dtype {array.dtype}")
+        raise InputError(f"cannot store dtype {array.dtype}")
     desc = framework_pb2().VarType.TensorDesc()
     desc.data_type = code
     desc.dims.extend(array.shape)
@@ -84,13 +84,13 @@ def read_combined(data: bytes, names: Sequence[str]) -> dict[str, np.ndarray]:
     for name in names:
         if offset >= len(view):
             raise InputError(
-                f"params: file ends after {len(out)} of {len(names)} tensors; {name!r} is missing (truncated file, "
+                f"file ends after {len(out)} of {len(names)} tensors; {name!r} is missing (truncated file, "
                 "or a params file of another model)"
             )
         out[name], offset = read_tensor(view, offset, name)
     if offset != len(view):
         raise InputError(
-            f"params: {len(view) - offset} bytes left after the model's {len(names)} tensors "
+            f"{len(view) - offset} bytes left after the model's {len(names)} tensors "
             "(params file of another model?)"
         )
     return out

@@ -1,0 +1,522 @@
+"""Tensor comparison: does a target engine's tensor match the reference, and how far off is it?
+
+Element rule (as Polygraphy's elementwise check): an element fails only if ``|t-r| > atol`` AND
+``|t-r| > rtol*|r|``, i.e. if ``|t-r| > max(atol, rtol*|r|)``.  atol covers values near zero (where any
+relative error is huge), rtol covers large values (where any fixed absolute error is too strict).
+
+Non-finite values are judged per element before any statistic:
+
+* NaN in the target where the reference is not NaN fails (and the reverse); NaN in both passes, because the
+  target reproduced what the reference computed (a NaN there is the reference's problem, not the target's).
+* An inf in only one side fails; infs of opposite sign fail; infs of the same sign pass only with
+  ``CompareConfig.allow_inf`` (fp16 overflow shows up as inf, so by default it is never silently accepted).
+
+All abs/rel statistics (max_abs, mean_abs, rel_l2, cosine, ...) are computed over the elements where both
+sides are finite; NaN/inf are counted separately.  Integer and bool tensors must be exactly equal.  Float
+tensors of different widths (fp16 target vs fp32 reference) are compared in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+ERROR_STATS = ("elementwise", "max", "mean", "median")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Absolute and relative tolerance of the element rule ``|t-r| > atol and |t-r| > rtol*|r|`` -> fail.
+
+    The defaults (atol=rtol=1e-2) suit an fp16 target against an fp32 reference: fp16 keeps ~11 significant
+    bits (unit roundoff 4.9e-4, one ulp near 1.0 is 9.8e-4), and rounding error grows over tens of layers and
+    over long reductions (conv/matmul accumulate hundreds to thousands of products), so a healthy model ends
+    with errors of a few 1e-3 on unit-scale activations.  1e-2 leaves ~10-20 ulps of headroom for that drift
+    while a real kernel bug (wrong layout, missing bias, bad padding) is still off by 1e-1 or more.  The old
+    Paddle-Lite debug tool's 1e-5 is an fp32-vs-fp32 threshold and flags every fp16 op; see FP32_TOLERANCE.
+    """
+
+    atol: float = 1e-2
+    rtol: float = 1e-2
+
+    def __post_init__(self) -> None:
+        for key in ("atol", "rtol"):
+            raw = getattr(self, key)
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} must be a number, got {raw!r}") from None
+            if math.isnan(value) or value < 0:
+                raise ValueError(f"{key} must be >= 0, got {raw!r}")
+            object.__setattr__(self, key, value)
+
+
+DEFAULT_TOLERANCE = Tolerance()
+# For an fp32 target: different kernels (Winograd, other summation order) still differ by ~1e-6..1e-5 per op.
+FP32_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-4)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """How tensors are judged.
+
+    check_error_stat: ``elementwise`` -- every element must pass the element rule; ``max``/``mean``/``median``
+    -- that statistic of |t-r| is compared against atol and of |t-r|/|r| against rtol, and the tensor fails
+    only if both exceed (as Polygraphy's --check-error-stat).  Non-finite mismatches fail in every mode.
+    """
+
+    default: Tolerance = DEFAULT_TOLERANCE
+    overrides: dict[str, Tolerance] = field(default_factory=dict)
+    allow_inf: bool = False
+    check_error_stat: str = "elementwise"
+
+    def __post_init__(self) -> None:
+        stat = "elementwise" if self.check_error_stat == "elemwise" else self.check_error_stat  # Polygraphy
+        if stat not in ERROR_STATS:
+            raise ValueError(f"check_error_stat must be one of {', '.join(ERROR_STATS)}, got {stat!r}")
+        object.__setattr__(self, "check_error_stat", stat)
+        # Own copy so that later edits to the caller's dict cannot change a frozen config.
+        object.__setattr__(self, "overrides", dict(self.overrides))
+        for name, tol in self.overrides.items():
+            if not isinstance(tol, Tolerance):
+                raise TypeError(f"override for {name!r} must be a Tolerance, got {type(tol).__name__}")
+
+    def tolerance_for(self, name: str) -> Tolerance:
+        return self.overrides.get(name, self.default)
+
+
+def parse_tolerance_override(text: str, default: Tolerance) -> tuple[str, Tolerance]:
+    """Parse a CLI override ``NAME:atol=X,rtol=Y``; a key left out is taken from ``default``.
+
+    The name is split off at the last ':' so names containing ':' still work.  Raises ValueError.
+    """
+    usage = "expected NAME:atol=X,rtol=Y (either key may be left out)"
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"bad tolerance override {text!r}: {why}; {usage}")
+
+    name, sep, spec = text.rpartition(":")
+    name = name.strip()
+    if not sep:
+        raise bad("no ':' between the tensor name and the tolerances")
+    if not name:
+        raise bad("empty tensor name")
+    if not spec.strip():
+        raise bad("no tolerance after ':'")
+    values: dict[str, float] = {}
+    for item in spec.split(","):
+        if not item.strip():
+            raise bad("empty item between commas")
+        key, eq, raw = item.partition("=")
+        key, raw = key.strip().lower(), raw.strip()
+        if not eq:
+            raise bad(f"{item.strip()!r} is not key=value")
+        if key not in ("atol", "rtol"):
+            raise bad(f"unknown key {key!r} (use atol or rtol)")
+        if key in values:
+            raise bad(f"{key} given twice")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise bad(f"{key} value {raw!r} is not a number") from None
+        if math.isnan(value) or value < 0:
+            raise bad(f"{key} must be >= 0, got {raw!r}")
+        values[key] = value
+    return name, Tolerance(values.get("atol", default.atol), values.get("rtol", default.rtol))
+
+
+_FLOAT_FIELDS = frozenset(
+    {"max_abs", "max_rel", "mean_abs", "rel_l2", "cosine", "mismatch_fraction", "min_atol", "min_rtol"}
+    | {"atol", "rtol"}
+)
+
+
+def _encode_float(value: float | None) -> float | str | None:
+    # JSON has no NaN/inf: encode them as the strings "nan", "inf", "-inf" (None stays null = not computed).
+    if value is None or math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _decode_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, str) else value
+
+
+@dataclass
+class TensorMetrics:
+    """Verdict and error statistics for one tensor.
+
+    Statistics are over elements where both sides are finite (None when they cannot be computed: sizes
+    differ, unsupported dtype, or no finite pair at all).  ``max_rel`` is max |t-r|/|r| with 0/0 counted as 0
+    and x/0 as inf.  ``rel_l2`` = ||t-r||/||r||, inf if ||r|| == 0 but t != r.  ``cosine`` is 1.0 if both
+    norms are 0 and 0.0 if just one is.  ``mismatch_fraction`` always uses the element rule, also under a
+    statistic check.
+    ``min_atol``/``min_rtol``: smallest atol (keeping this tensor's rtol) / rtol (keeping atol) with which the
+    values pass under the configured check; inf when no tolerance helps (non-finite mismatch, differing ints).
+    They describe the values only: a shape or dtype-kind mismatch fails whatever the tolerance.
+    ``worst_index``: index (in reference shape) of the element most over its tolerance -- the first failing
+    NaN/inf if any -- also reported for passing tensors; None if there is no difference at all.
+    ``to_dict()`` encodes NaN/inf floats as the strings "nan"/"inf"/"-inf" so ``json.dumps(allow_nan=False)``
+    works; ``from_dict`` reverses it.
+    """
+
+    name: str
+    ref_shape: tuple[int, ...]
+    target_shape: tuple[int, ...]
+    ref_dtype: str
+    target_dtype: str
+    max_abs: float | None = None
+    max_rel: float | None = None
+    mean_abs: float | None = None
+    rel_l2: float | None = None
+    cosine: float | None = None
+    mismatch_fraction: float | None = None
+    nan_ref: int = 0
+    nan_target: int = 0
+    inf_ref: int = 0
+    inf_target: int = 0
+    min_atol: float | None = None
+    min_rtol: float | None = None
+    passed: bool = False
+    reason: str = ""
+    worst_index: tuple[int, ...] | None = None
+    atol: float | None = None  # the tolerance this tensor was judged with (after overrides)
+    rtol: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _FLOAT_FIELDS:
+                value = _encode_float(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TensorMetrics:
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        for key in _FLOAT_FIELDS & kwargs.keys():
+            kwargs[key] = _decode_float(kwargs[key])
+        for key in ("ref_shape", "target_shape", "worst_index"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+@dataclass
+class Comparison:
+    """Result of comparing several tensors; a name missing from the target fails."""
+
+    tensors: list[TensorMetrics] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.missing and all(t.passed for t in self.tensors)
+
+    @property
+    def failing(self) -> list[str]:
+        """Names of failing tensors in comparison order, then the missing names."""
+        return [t.name for t in self.tensors if not t.passed] + list(self.missing)
+
+    def worst(self) -> TensorMetrics | None:
+        """The failing tensor with the largest rel_l2 (uncomputable rel_l2 ranks as inf), or None."""
+        failing = [t for t in self.tensors if not t.passed]
+        if not failing:
+            return None
+        return max(failing, key=lambda t: math.inf if t.rel_l2 is None or math.isnan(t.rel_l2) else t.rel_l2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "failing": self.failing,
+            "missing": list(self.missing),
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
+        tensors = [TensorMetrics.from_dict(t) for t in data.get("tensors", [])]
+        return cls(tensors, list(data.get("missing", [])))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Implementation
+
+
+@dataclass
+class _Numeric:
+    """Value comparison of two same-size tensors (flattened, C order)."""
+
+    max_abs: float | None = None
+    max_rel: float | None = None
+    mean_abs: float | None = None
+    rel_l2: float | None = None
+    cosine: float | None = None
+    n_fail: int = 0  # by the element rule, including non-finite mismatches
+    min_atol: float = 0.0
+    min_rtol: float = 0.0
+    worst: int | None = None  # flat index
+    passed: bool = True
+    reasons: list[str] = field(default_factory=list)
+    nan_ref: int = 0
+    nan_target: int = 0
+    inf_ref: int = 0
+    inf_target: int = 0
+
+
+def _kind(dtype: np.dtype) -> str | None:
+    if dtype.kind == "f":
+        return "float"
+    if dtype.kind in "iu":
+        return "int"
+    if dtype.kind == "b":
+        return "bool"
+    return None
+
+
+def _fmt_shape(shape: tuple[int, ...]) -> str:
+    return f"({shape[0]},)" if len(shape) == 1 else "(" + ",".join(str(d) for d in shape) + ")"
+
+
+def _fmt_count(count: int, size: int) -> str:
+    return f"{100.0 * count / size:.3g}% of elements ({count}/{size})"
+
+
+def _norm_stats(rr: float, tt: float, rt: float, dd: float) -> tuple[float, float]:
+    """(rel_l2, cosine) from the dot products r.r, t.t, r.t and d.d, guarding zero norms."""
+    nr, nt = math.sqrt(rr), math.sqrt(tt)
+    rel_l2 = math.sqrt(dd) / nr if nr > 0 else (0.0 if dd == 0 else math.inf)
+    if nr == 0 or nt == 0:
+        return rel_l2, (1.0 if nr == nt else 0.0)
+    return rel_l2, min(1.0, max(-1.0, rt / (nr * nt)))
+
+
+def _finite_core(
+    r: np.ndarray, d: np.ndarray, dots: tuple[float, float, float], tol: Tolerance, stat: str, total: int
+) -> _Numeric:
+    """Compare finite float64 vectors.  ``d`` holds the target values and is overwritten with |t-r|.
+
+    ``total`` is the whole tensor's size (r may be just its finite part), used in the reason text.
+
+    Kept to a handful of full-size temporaries: d (reused), |r| (reused for thresholds and the worst-element
+    ratio), rel, and a few bool masks.
+    """
+    res = _Numeric()
+    n = r.size
+    if n == 0:  # every element was NaN/inf: nothing finite to measure
+        return res
+    np.subtract(d, r, out=d)
+    dd = float(np.dot(d, d))
+    np.abs(d, out=d)
+    res.rel_l2, res.cosine = _norm_stats(*dots, dd)
+    sum_abs = float(d.sum())
+    res.max_abs, res.mean_abs = float(d.max()), sum_abs / n
+    thr = np.abs(r)
+    rel = np.divide(d, thr)  # x/0 -> inf is the honest relative error; 0/0 (nan) is set to 0 below
+    np.copyto(rel, 0.0, where=d == 0)
+    res.max_rel = float(rel.max())
+    # Thresholds are computed exactly as the verdict uses them, so min_atol/min_rtol are exact.
+    thr *= tol.rtol
+    res.min_atol = float(np.max(d, where=d > thr, initial=0.0))
+    np.maximum(thr, tol.atol, out=thr)
+    res.n_fail = int(np.count_nonzero(d > thr))
+    over_atol = d > tol.atol
+    min_rtol = float(np.max(rel, where=over_atol, initial=0.0))
+    if 0.0 < min_rtol < math.inf:
+        # fl(d/|r|)*|r| can round below d; only elements whose ratio equals the maximum can be short.
+        cand = np.flatnonzero(over_atol & (rel == min_rtol))
+        a, dc = np.abs(r[cand]), d[cand]
+        while np.any(dc > min_rtol * a):
+            min_rtol = float(np.nextafter(min_rtol, math.inf))
+    res.min_rtol = min_rtol
+    if res.max_abs > 0:
+        if tol.atol == 0:
+            np.maximum(thr, np.finfo(np.float64).tiny, out=thr)
+        np.divide(d, thr, out=thr)  # how many times over its allowance each element is
+        res.worst = int(np.argmax(thr))
+
+    if stat == "elementwise":
+        res.passed = res.n_fail == 0
+        if not res.passed:
+            res.reasons.append(
+                f"max abs {res.min_atol:.3g} > atol {tol.atol:g} (rtol {tol.rtol:g}) "
+                f"at {_fmt_count(res.n_fail, total)}"
+            )
+        return res
+    if stat == "max":
+        s_abs, s_rel = res.max_abs, res.max_rel
+    elif stat == "mean":
+        s_abs, s_rel = res.mean_abs, float(rel.mean())
+    else:
+        s_abs, s_rel = float(np.median(d)), float(np.median(rel))
+    res.passed = not (s_abs > tol.atol and s_rel > tol.rtol)
+    res.min_atol = 0.0 if s_rel <= tol.rtol else s_abs
+    res.min_rtol = 0.0 if s_abs <= tol.atol else s_rel
+    if not res.passed:
+        res.reasons.append(
+            f"{stat} abs {s_abs:.3g} > atol {tol.atol:g} and {stat} rel {s_rel:.3g} > rtol {tol.rtol:g}"
+        )
+    return res
+
+
+def _dots(r: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
+    return float(np.dot(r, r)), float(np.dot(t, t)), float(np.dot(r, t))
+
+
+def _compare_float(ref: np.ndarray, target: np.ndarray, tol: Tolerance, config: CompareConfig) -> _Numeric:
+    r = np.asarray(ref, dtype=np.float64).reshape(-1)  # read only; may alias the caller's array
+    t = np.array(target, dtype=np.float64, order="C").reshape(-1)  # own copy: becomes the diff buffer
+    size = r.size
+    with np.errstate(all="ignore"):
+        dots = _dots(r, t)
+        # Fast path: finite r.r and t.t prove there is no NaN/inf, so no masks are needed (the usual case).
+        if math.isfinite(dots[0]) and math.isfinite(dots[1]):
+            return _finite_core(r, t, dots, tol, config.check_error_stat, size)
+
+        nan_r, nan_t, inf_r, inf_t = np.isnan(r), np.isnan(t), np.isinf(r), np.isinf(t)
+        finite = ~(nan_r | nan_t | inf_r | inf_t)
+        ok = nan_r & nan_t
+        if config.allow_inf:
+            ok |= inf_r & inf_t & (r == t)
+        bad = ~(finite | ok)
+        idx = np.flatnonzero(finite)
+        rf, tf = r[idx], t[idx]
+        res = _finite_core(rf, tf, _dots(rf, tf), tol, config.check_error_stat, size)
+        if res.worst is not None:
+            res.worst = int(idx[res.worst])
+        res.nan_ref, res.nan_target = int(nan_r.sum()), int(nan_t.sum())
+        res.inf_ref, res.inf_target = int(inf_r.sum()), int(inf_t.sum())
+        n_bad = int(bad.sum())
+        if n_bad:
+            res.n_fail += n_bad
+            res.passed = False
+            res.min_atol = res.min_rtol = math.inf
+            res.worst = int(np.argmax(bad))
+            fin_r, fin_t = ~(nan_r | inf_r), ~(nan_t | inf_t)
+            both_inf = inf_r & inf_t
+            categories = [
+                ("NaN in target", nan_t & ~nan_r),
+                ("NaN in reference only", nan_r & ~nan_t),
+                ("inf in target", inf_t & fin_r),
+                ("inf in reference only", inf_r & fin_t),
+                ("inf of opposite sign", both_inf & (r != t)),
+            ]
+            if not config.allow_inf:
+                categories.append(("matching inf, allow_inf is off", both_inf & (r == t)))
+            nonfinite = [f"{label} ({int(mask.sum())} elements)" for label, mask in categories if mask.any()]
+            res.reasons = nonfinite + res.reasons
+    return res
+
+
+def _compare_exact(ref: np.ndarray, target: np.ndarray, label: str) -> _Numeric:
+    """Integer/bool values: tolerances do not apply; the float statistics are informational."""
+    differs = ref.reshape(-1) != target.reshape(-1)  # native comparison: exact even beyond 2**53
+    n_diff = int(np.count_nonzero(differs))
+    r = np.asarray(ref, dtype=np.float64).reshape(-1)
+    t = np.array(target, dtype=np.float64, order="C").reshape(-1)
+    with np.errstate(all="ignore"):
+        res = _finite_core(r, t, _dots(r, t), Tolerance(0.0, 0.0), "elementwise", r.size)
+    res.n_fail, res.passed = n_diff, n_diff == 0
+    res.min_atol = res.min_rtol = 0.0 if n_diff == 0 else math.inf
+    res.reasons = []
+    if n_diff:
+        if res.worst is None:  # the float64 view could not see the difference (|values| > 2**53)
+            res.worst = int(np.argmax(differs))
+        extra = f" (max abs {res.max_abs:.6g})" if label == "int" else ""
+        res.reasons.append(f"{label} tensor differs at {n_diff} of {differs.size} elements{extra}")
+    return res
+
+
+def _count_nonfinite(a: np.ndarray) -> tuple[int, int]:
+    if a.dtype.kind != "f":
+        return 0, 0
+    return int(np.count_nonzero(np.isnan(a))), int(np.count_nonzero(np.isinf(a)))
+
+
+def compare_tensor(name: str, ref: np.ndarray, target: np.ndarray, config: CompareConfig) -> TensorMetrics:
+    """Compare one target tensor against its reference under ``config`` (see the module docstring)."""
+    ref, target = np.asarray(ref), np.asarray(target)
+    tol = config.tolerance_for(name)
+    m = TensorMetrics(
+        name=name,
+        ref_shape=tuple(int(d) for d in ref.shape),
+        target_shape=tuple(int(d) for d in target.shape),
+        ref_dtype=str(ref.dtype),
+        target_dtype=str(target.dtype),
+        atol=tol.atol,
+        rtol=tol.rtol,
+    )
+    rk, tk = _kind(ref.dtype), _kind(target.dtype)
+    if rk is None or tk is None:
+        m.reason = f"unsupported dtype {ref.dtype if rk is None else target.dtype}"
+        return m
+    reasons: list[str] = []
+    shape_reason = ""
+    if ref.shape != target.shape:
+        shape_reason = f"shape {_fmt_shape(m.ref_shape)} vs {_fmt_shape(m.target_shape)}"
+    if rk != tk:
+        reasons.append(f"dtype {ref.dtype} vs {target.dtype}")
+    if ref.size != target.size:
+        m.nan_ref, m.inf_ref = _count_nonfinite(ref)
+        m.nan_target, m.inf_target = _count_nonfinite(target)
+        m.reason = "; ".join([shape_reason, *reasons])
+        return m
+
+    if ref.size == 0:
+        num = _Numeric(max_abs=0.0, max_rel=0.0, mean_abs=0.0, rel_l2=0.0, cosine=1.0)
+    elif "float" in (rk, tk):
+        num = _compare_float(ref, target, tol, config)
+    else:
+        num = _compare_exact(ref, target, "bool" if rk == tk == "bool" else "int")
+
+    if shape_reason:
+        if num.passed and num.max_abs == 0 and num.n_fail == 0:
+            shape_reason += "; values equal after reshape"
+        elif num.passed:
+            shape_reason += "; values match after reshape"
+        else:
+            shape_reason += "; values compared flattened"
+        reasons.insert(0, shape_reason)
+    reasons.extend(num.reasons)
+
+    m.max_abs, m.max_rel, m.mean_abs = num.max_abs, num.max_rel, num.mean_abs
+    m.rel_l2, m.cosine = num.rel_l2, num.cosine
+    m.mismatch_fraction = num.n_fail / ref.size if ref.size else 0.0
+    m.nan_ref, m.nan_target = num.nan_ref, num.nan_target
+    m.inf_ref, m.inf_target = num.inf_ref, num.inf_target
+    m.min_atol, m.min_rtol = num.min_atol, num.min_rtol
+    if num.worst is not None:
+        m.worst_index = tuple(int(i) for i in np.unravel_index(num.worst, ref.shape))
+    m.passed = num.passed and not reasons
+    m.reason = "; ".join(reasons)
+    return m
+
+
+def compare_outputs(
+    ref: Mapping[str, np.ndarray],
+    target: Mapping[str, np.ndarray],
+    config: CompareConfig,
+    names: Sequence[str] | None = None,
+) -> Comparison:
+    """Compare ``names`` (default: every reference name, in order); extra target names are ignored.
+
+    A name absent from the target is recorded as missing (a failure); absent from the reference is a caller
+    error (KeyError).
+    """
+    result = Comparison()
+    for name in ref.keys() if names is None else names:
+        if name not in ref:
+            raise KeyError(f"tensor {name!r} is not among the reference outputs")
+        if name not in target:
+            result.missing.append(name)
+            continue
+        result.tensors.append(compare_tensor(name, ref[name], target[name], config))
+    return result

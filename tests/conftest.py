@@ -1,0 +1,64 @@
+"""Shared test helpers. Paddle is imported at most once per test process (it costs about a second)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Legacy IR for every paddle import in the test process (the models are legacy programs).
+os.environ.setdefault("FLAGS_enable_pir_api", "0")
+os.environ.setdefault("GLOG_minloglevel", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "model.pdmodel").exists()) if FIXTURES.exists() else []
+
+
+@pytest.fixture(scope="session")
+def paddle():
+    import paddle as _paddle
+
+    _paddle.enable_static()
+    return _paddle
+
+
+def predict(model_dir: Path, feeds: dict[str, np.ndarray], model_file: str = "model.pdmodel",
+            params_file: str = "model.pdiparams") -> dict[str, np.ndarray]:
+    """Run a model with Paddle Inference in exact mode (IR optimisation and oneDNN off)."""
+    import paddle.inference as pi
+
+    config = pi.Config(str(Path(model_dir) / model_file), str(Path(model_dir) / params_file))
+    config.switch_ir_optim(False)
+    config.disable_onednn()
+    config.disable_glog_info()
+    pred = pi.create_predictor(config)
+    for name in pred.get_input_names():
+        pred.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feeds[name]))
+    pred.run()
+    return {n: pred.get_output_handle(n).copy_to_cpu() for n in pred.get_output_names()}
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    from bisect_lite.cli import main
+
+    argv = sys.argv
+    sys.argv = ["bisect-lite", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def load_fixture_inputs(name: str) -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / name / "inputs.npz") as data:
+        return {k: data[k] for k in data.files}
