@@ -92,6 +92,232 @@ def extract(
     out.print(f"wrote {output} ({len(sub.ops)} ops, feeds: {', '.join(sub.feeds)}, fetches: {', '.join(sub.fetches)})")
 
 
+# ---- engine commands -----------------------------------------------------------------------------------
+RefOpt = Annotated[str | None, typer.Option("--ref", help="Reference engine spec (default: lite:arm when reachable).")]
+TargetOpt = Annotated[
+    str | None, typer.Option("--target", help="Target engine spec (default: lite:opencl when reachable).")
+]
+InputsOpt = Annotated[Path | None, typer.Option("--inputs", help=".npz with one array per model input (by name).")]
+ShapeOpt = Annotated[list[str], typer.Option("--shape", help="NAME=D1,D2,... for dynamic input dims (repeatable).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of generated inputs.")]
+IntRangeOpt = Annotated[str | None, typer.Option("--int-range", help="LOW,HIGH for generated integer inputs.")]
+AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default 1e-2, for fp16).")]
+RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default 1e-2, for fp16).")]
+TolOpt = Annotated[list[str], typer.Option("--tol", help="Per-tensor NAME:atol=X,rtol=Y (repeatable).")]
+AllowInfOpt = Annotated[bool, typer.Option("--allow-inf", help="Matching infs of the same sign pass.")]
+StatOpt = Annotated[str, typer.Option("--check-error-stat", help="elementwise | max | mean | median.")]
+AbsAtolOpt = Annotated[bool, typer.Option("--absolute-atol", help="Do not scale atol by a tensor's RMS when > 1.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds one engine run may take.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached results or conversions.")]
+
+
+def _compare_config(atol: float | None, rtol: float | None, tol: list[str], allow_inf: bool, stat: str,
+                    absolute_atol: bool = False):
+    from bisect_lite.compare import CompareConfig, Tolerance, parse_tolerance_override
+
+    try:
+        base = Tolerance()
+        default = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
+        overrides = dict(parse_tolerance_override(t, default) for t in tol)
+        return CompareConfig(default=default, overrides=overrides, allow_inf=allow_inf, check_error_stat=stat,
+                             scale_atol=not absolute_atol)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+@app.command()
+def engines(as_json: Json = False) -> None:
+    """List every engine, whether it can run here (and why not), its version and options."""
+    from bisect_lite.engines.registry import list_engines
+
+    rows = list_engines()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="engines (spec grammar: NAME or NAME:WORD,KEY=VALUE,...; cmd:TEMPLATE)")
+    for col in ("name", "available", "version / why not", "options", "what it is"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        opts = ", ".join([*r["words"], *(f"{k}=" for k in r["options"] if k != "template")])
+        table.add_row(r["name"], "yes" if r["available"] else "no", r["version"] or r["why_not"], opts, r["summary"])
+    out.print(table)
+
+
+@app.command()
+def compare(
+    model: ModelArg, ref: RefOpt = None, target: TargetOpt = None, inputs: InputsOpt = None,
+    shape: ShapeOpt = [], seed: SeedOpt = 0, int_range: IntRangeOpt = None, atol: AtolOpt = None,
+    rtol: RtolOpt = None, tol: TolOpt = [], allow_inf: AllowInfOpt = False, check_error_stat: StatOpt = "elementwise",
+    absolute_atol: AbsAtolOpt = False, timeout: TimeoutOpt = 120.0, no_cache: NoCacheOpt = False, params: ParamsOpt = None,
+    save_inputs: Annotated[Path | None, typer.Option("--save-inputs", help="Write the inputs used here.")] = None,
+    as_json: Json = False, verbose: Verbose = False,
+) -> None:
+    """Run both engines on the whole model; per-output table and verdict (exit 0 match, 1 mismatch)."""
+    from bisect_lite.compare_engines import compare_engines
+    from bisect_lite.engines.registry import resolve_engines
+
+    config = _compare_config(atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
+    ref_spec, target_spec = resolve_engines(ref, target)
+    report = compare_engines(model, ref_spec, target_spec, inputs=inputs, shapes=shape, seed=seed,
+                             int_range=int_range, compare=config, timeout=timeout, cache=not no_cache,
+                             save_inputs=save_inputs, params=params, verbose=verbose)
+    if as_json:
+        _print_json(report)
+    else:
+        if report["comparison"]:
+            _print_comparison(report["comparison"])
+        verdict = report["verdict"]
+        detail = f": {report.get('message', '')}" if verdict == "crash" else ""
+        out.print(f"{verdict.upper()}: {target_spec} vs {ref_spec}{detail}")
+    raise typer.Exit(0 if report["verdict"] == "match" else 1)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:.3g}"
+
+
+def _print_comparison(cmp: dict[str, Any]) -> None:
+    table = Table()
+    for col in ("tensor", "shape", "max abs", "max rel", "rel L2", "cosine", "mismatch", "NaN/Inf t", "verdict"):
+        table.add_column(col, overflow="fold")
+    for m in cmp["tensors"]:
+        table.add_row(
+            m["name"], "x".join(map(str, m["target_shape"])), _fmt(m["max_abs"]), _fmt(m["max_rel"]),
+            _fmt(m["rel_l2"]), _fmt(m["cosine"]), f"{100 * (_num(m['mismatch_fraction'])):.1f}%",
+            f"{m['nan_target']}/{m['inf_target']}", "pass" if m["passed"] else f"FAIL {m['reason']}",
+        )
+    for name in cmp.get("missing", []):
+        table.add_row(name, "-", "-", "-", "-", "-", "-", "-", "FAIL missing in target")
+    out.print(table)
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# ---- run / verify ---------------------------------------------------------------------------------------
+@app.command()
+def run(
+    model: ModelArg, ref: RefOpt = None, target: TargetOpt = None, inputs: InputsOpt = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory (report, repro, journal).")] = Path(
+        "bisect-out"),
+    find_all: Annotated[bool, typer.Option("--all", help="Keep searching past each culprit (fed with reference "
+                                                         "values) and report every independent faulty op.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    max_memory: Annotated[str, typer.Option("--max-memory", help="Memory budget for reference values, e.g. 2G.")] = "1G",
+    no_minimise: Annotated[bool, typer.Option("--no-minimise", help="Keep the repro's input shapes.")] = False,
+    shape: ShapeOpt = [], seed: SeedOpt = 0, int_range: IntRangeOpt = None, atol: AtolOpt = None,
+    rtol: RtolOpt = None, tol: TolOpt = [], allow_inf: AllowInfOpt = False, check_error_stat: StatOpt = "elementwise",
+    absolute_atol: AbsAtolOpt = False, timeout: TimeoutOpt = 120.0, no_cache: NoCacheOpt = False, params: ParamsOpt = None, as_json: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Bisect to the first op whose output diverges, confirm it alone, and write a standalone repro."""
+    from bisect_lite.bisector import RunOptions, run_bisect
+    from bisect_lite.engines.registry import resolve_engines
+
+    config = _compare_config(atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
+    if resume and (ref is None or target is None):
+        ref, target = _recorded_engines(out_dir, ref, target)
+    ref_spec, target_spec = resolve_engines(ref, target)
+    options = RunOptions(
+        ref=ref_spec, target=target_spec, inputs=inputs, shapes=shape, seed=seed, int_range=int_range, out=out_dir,
+        find_all=find_all, compare=config, timeout=timeout, max_memory=parse_size(max_memory), cache=not no_cache,
+        resume=resume, minimise=not no_minimise, verbose=verbose, params=params,
+    )
+    from bisect_lite.progress import RunProgress
+
+    try:
+        with RunProgress(err, enabled=not as_json) as progress:
+            report = run_bisect(model, options, progress.event)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; continue with: bisect-lite run {model} --out {out_dir} --resume", markup=False)
+        raise typer.Exit(130) from None
+    if as_json:
+        _print_json(report)
+    else:
+        _print_run_summary(report, out_dir)
+    raise typer.Exit(0 if report["verdict"] == "match" else 1)
+
+
+def _recorded_engines(out_dir: Path, ref: str | None, target: str | None) -> tuple[str | None, str | None]:
+    from bisect_lite.journal import Journal
+
+    header = Journal(out_dir / "journal.jsonl").header() if (out_dir / "journal.jsonl").exists() else None
+    if header:
+        return ref or header["ref"], target or header["target"]
+    return ref, target
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        unit = t[-1] if t and t[-1] in units else ""
+        value = float(t[: len(t) - len(unit)])
+        if value <= 0:
+            raise ValueError
+        return int(value * units[unit])
+    except (ValueError, IndexError):
+        raise InputError(f"--max-memory {text!r}: expected a size like 512M or 2G") from None
+
+
+def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
+    verdict = report["verdict"]
+    runs = f"{report['target_runs']} target runs (log2 bound {report['expected_probes']}), {report['seconds']:.1f} s"
+    if verdict == "match":
+        out.print(f"MATCH: {report['target']['engine']} agrees with {report['reference']['engine']} on every "
+                  f"output ({runs}). Report: {out_dir / 'report.md'}")
+        return
+    out.print(f"{verdict.upper()}: {report['target']['engine']} vs {report['reference']['engine']} ({runs})")
+    for c in report["culprits"]:
+        where = f"op {c['index']} {c['type']}" if c["kind"] == "op" else f"{c['kind']} ops {c['ops']}"
+        out.print(f"  culprit: {where}  -> {', '.join(a for v in c['outputs'].values() for a in v)}")
+        out.print(f"  diagnosis: {c['diagnosis']['kind']}: {c['diagnosis']['summary']}")
+        if c.get("repro"):
+            out.print(f"  repro: {out_dir / c['repro']}  (bisect-lite verify {out_dir / c['repro']})")
+        for note in c.get("notes", []):
+            out.print(f"  note: {note}")
+    for note in report.get("notes", []):
+        out.print(f"note: {note}")
+    out.print(f"report: {out_dir / 'report.md'}")
+
+
+@app.command()
+def verify(
+    repros: Annotated[list[Path], typer.Argument(help="Repro directories, or directories holding repros.")],
+    ref: Annotated[str | None, typer.Option("--ref", help="Recompute expected outputs with this engine.")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Engine to verify (default: the recorded one).")] = None,
+    junit: Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report for CI.")] = None,
+    timeout: TimeoutOpt = 120.0, as_json: Json = False, verbose: Verbose = False,
+) -> None:
+    """Re-run repro bundles: exit 0 when every one now passes (fix verified), 1 when any still fails."""
+    from bisect_lite.repro.verify import verify_repros, write_junit
+
+    results = verify_repros(repros, ref=ref, target=target, timeout=timeout, verbose=verbose)
+    if junit:
+        write_junit(junit, results)
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+    else:
+        table = Table(title=f"{len(results)} repro(s)")
+        for col in ("repro", "op", "target", "result", "detail"):
+            table.add_column(col, overflow="fold")
+        for r in results:
+            table.add_row(str(r.repro), r.op, r.target, {"fixed": "PASS (fixed)", "failing": "FAIL",
+                                                         "crash": "CRASH"}[r.status], r.message)
+        out.print(table)
+        still = sum(not r.passed for r in results)
+        out.print("all repros pass: fix verified" if not still else f"{still} of {len(results)} still fail")
+    raise typer.Exit(0 if all(r.passed for r in results) else 1)
+
+
 def parse_op_range(text: str) -> list[int]:
     try:
         if ".." in text:
@@ -127,4 +353,7 @@ def main() -> None:
         if hasattr(exc, "format_message"):
             hint = f" (see `bisect-lite {exc.ctx.info_name} --help`)" if getattr(exc, "ctx", None) else ""
             _fail(f"{exc.format_message()}{hint}", 2)
-        raise
+        if "-v" in sys.argv or "--verbose" in sys.argv:
+            raise
+        _fail(f"internal error ({type(exc).__name__}: {exc}); this is a bisect-lite bug: rerun with -v for the "
+              "traceback and report it", 4)

@@ -16,7 +16,6 @@ ENGINES: dict[str, str] = {
     "fp16": "bisect_lite.engines.fp16:Fp16Engine",
     "onnxruntime": "bisect_lite.engines.onnxruntime:OnnxRuntimeEngine",
     "cmd": "bisect_lite.engines.command:CommandEngine",
-    "lite": "bisect_lite.engines.lite:LiteEngine",
 }
 
 
@@ -48,3 +47,24 @@ def list_engines() -> list[dict[str, Any]]:
             "words": cls.words, "options": cls.option_help,
         })
     return rows
+
+
+HOST_HINT = "--ref paddle --target fp16 emulates OpenCL fp16 storage on this machine"
+
+
+def resolve_engines(ref: str | None, target: str | None) -> tuple[str, str]:
+    """Default to the Paddle-Lite pair (ARM reference, OpenCL target) when a Paddle-Lite runtime is reachable."""
+    if ref and target:
+        return ref, target
+    from bisect_lite.errors import EngineUnavailable
+
+    reason = engine_class("lite").unavailable_reason() if "lite" in ENGINES else "no Paddle-Lite engine installed"
+    if reason is None:
+        return ref or "lite:arm", target or "lite:opencl"
+    if target:
+        return "paddle", target
+    usable = [row["name"] for row in list_engines() if row["available"]]
+    raise EngineUnavailable(
+        f"no --target given and no Paddle-Lite runtime is reachable ({reason}); available engines: "
+        f"{', '.join(usable)}. Pass --ref/--target, e.g. {HOST_HINT}, or see `bisect-lite engines`"
+    )

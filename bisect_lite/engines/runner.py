@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -34,7 +36,10 @@ class EngineRunner:
         self.timeout = timeout
         self.verbose = verbose
         self._scratch_tmp = None if scratch else tempfile.TemporaryDirectory(prefix="bisect-lite-run-")
-        self.scratch = Path(scratch) if scratch else Path(self._scratch_tmp.name)  # type: ignore[union-attr]
+        base = Path(scratch) if scratch else Path(self._scratch_tmp.name)  # type: ignore[union-attr]
+        # Each runner gets its own directory: its worker log must not mix with another engine's.
+        self.scratch = base / re.sub(r"[^A-Za-z0-9_.-]+", "_", str(self.engine.spec))[:60]
+        self.scratch.mkdir(parents=True, exist_ok=True)
         self.worker: Worker | None = None
         self.runs = 0  # engine executions (cache hits excluded)
         self.engine_seconds = 0.0
@@ -76,6 +81,7 @@ class EngineRunner:
             result = self._collect(job, result)
             if result.ok:
                 self.cache.put_result(key, result.outputs)
+        shutil.rmtree(job_dir, ignore_errors=True)  # a long search must not fill the disk with job files
         return result
 
     def _execute(self, job: Job) -> RunResult:

@@ -177,3 +177,18 @@ def _io_var(vd, name: str, kind: int) -> None:
     vd.name = name
     vd.type.type = kind
     vd.persistable = True
+
+
+def with_feed_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> Model:
+    """A copy whose feed vars record new shapes (for shrunk repro inputs); intermediate shapes are re-inferred
+    by the engines at run time."""
+    program = framework_pb2().ProgramDesc()
+    program.CopyFrom(model.program)
+    for v in program.blocks[0].vars:
+        if v.name in shapes:
+            if v.name not in model.feeds:
+                raise InputError(f"{v.name!r} is not a model input")
+            dims = v.type.dense_tensor.tensor.dims
+            del dims[:]
+            dims.extend(shapes[v.name])
+    return Model(program, model.params, source=None)

@@ -1,0 +1,52 @@
+"""`bisect-lite compare`: run two engines on the whole model and compare every output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bisect_lite.cache import Cache
+from bisect_lite.compare import CompareConfig, compare_outputs
+from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
+from bisect_lite.errors import EngineUnavailable
+from bisect_lite.inputs import prepare_inputs, save_npz
+from bisect_lite.model import load_model
+
+
+def compare_engines(model_path: Path, ref: str, target: str, *, inputs: Path | None = None,
+                    shapes: Sequence[str] = (), seed: int = 0, int_range: str | None = None,
+                    compare: CompareConfig | None = None, timeout: float = DEFAULT_TIMEOUT, cache: bool = True,
+                    save_inputs: Path | None = None, params: Path | None = None,
+                    verbose: bool = False) -> dict[str, Any]:
+    """Returns {"verdict": match|mismatch|crash, "comparison", "reference", "target", ...}."""
+    model = load_model(model_path, params)
+    feeds = prepare_inputs(model, inputs, shapes=shapes, seed=seed, int_range=int_range)
+    if save_inputs is not None:
+        save_npz(save_inputs, feeds)
+    config = compare or CompareConfig()
+    store = Cache(results=cache)
+    runners = [EngineRunner(spec, store, timeout=timeout, verbose=verbose) for spec in (ref, target)]
+    try:
+        ref_result = runners[0].run(model, feeds)
+        if not ref_result.ok:
+            raise EngineUnavailable(f"the reference engine {ref} failed: {ref_result.status}: {ref_result.message}")
+        target_result = runners[1].run(model, feeds)
+        report: dict[str, Any] = {
+            "model": str(model_path), "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
+                                                 for k, v in feeds.items()},
+            "reference": {"engine": ref, "facts": runners[0].facts(), "seconds": round(ref_result.seconds, 4)},
+            "target": {"engine": target, "facts": runners[1].facts(), "seconds": round(target_result.seconds, 4)},
+            "tolerance": {"atol": config.default.atol, "rtol": config.default.rtol},
+        }
+        if not target_result.ok:
+            report.update(verdict="crash", status=target_result.status, message=target_result.message,
+                          comparison=None)
+            return report
+        cmp = compare_outputs(ref_result.outputs, target_result.outputs, config, names=list(model.fetches))
+        report.update(verdict="match" if cmp.passed else "mismatch", comparison=cmp.to_dict())
+        return report
+    finally:
+        for r in runners:
+            r.close()
+        store.close()

@@ -1,0 +1,125 @@
+"""The reference value of every intermediate tensor, computed once and spilled to disk.
+
+The reference engine runs the model truncated so that a batch of tensors are its outputs; batches are sized to
+stay under a memory budget, and each batch is written to `DIR/reference/batch-N.npz`. Values are read back lazily
+by name, so a search on a large model never holds all activations in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from bisect_lite.engines.runner import EngineRunner
+from bisect_lite.errors import EngineUnavailable
+from bisect_lite.fsutil import atomic_write_text
+from bisect_lite.inputs import save_npz
+from bisect_lite.model import Model, truncate
+
+
+def estimated_bytes(model: Model, name: str, batch: int = 1) -> int:
+    var = model.vars.get(name)
+    if var is None or var.shape is None:
+        return 0
+    count = 1
+    for d in var.shape:
+        count *= batch if d < 0 else max(d, 1)
+    itemsize = np.dtype(var.dtype).itemsize if var.dtype and var.dtype != "bfloat16" else 2
+    return count * itemsize
+
+
+def plan_batches(model: Model, names: list[str], budget: int) -> list[list[str]]:
+    """Group tensors in execution order so that each group's estimated size stays under `budget` bytes."""
+    batches: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for name in names:
+        nbytes = estimated_bytes(model, name)
+        if current and size + nbytes > budget:
+            batches.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    if current:
+        batches.append(current)
+    return batches
+
+
+class ReferenceValues:
+    """Name -> reference array, backed by the spilled batch files (plus the model inputs)."""
+
+    def __init__(self, directory: Path, inputs: Mapping[str, np.ndarray]) -> None:
+        self.directory = directory
+        self.inputs = dict(inputs)
+        index_file = directory / "index.json"
+        self.index: dict[str, str] = json.loads(index_file.read_text()) if index_file.exists() else {}
+        self.nondeterministic: list[str] = []
+        self._open: OrderedDict[str, np.lib.npyio.NpzFile] = OrderedDict()
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.index)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.inputs or name in self.index
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.inputs:
+            return self.inputs[name]
+        file = self.index[name]
+        if file not in self._open:
+            self._open[file] = np.load(self.directory / file, allow_pickle=False)
+            while len(self._open) > 2:  # bounded memory: at most two batch files open
+                self._open.popitem(last=False)[1].close()
+        self._open.move_to_end(file)
+        return self._open[file][name]
+
+    def get_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
+        return {n: self[n] for n in names}
+
+    def compute(self, model: Model, runner: EngineRunner, budget: int,
+                on_batch: Callable[[int, int], None] | None = None) -> None:
+        """Run the reference on every comparable tensor, twice (a determinism check), and spill to disk."""
+        names = [t for _, t in model.data_tensors()]
+        batches = plan_batches(model, names, max(budget // 2, 1))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        index: dict[str, str] = {}
+        for i, batch in enumerate(batches):
+            cut = truncate(model, batch)
+            feeds = {f: self.inputs[f] for f in cut.feeds}
+            first = runner.run(cut, feeds)
+            if not first.ok:
+                raise EngineUnavailable(
+                    f"the reference engine {runner.spec} failed on the model ({first.status}: {first.message})"
+                )
+            second = runner.run(cut, feeds, use_cache=False)
+            if second.ok:
+                for name in batch:
+                    if not np.array_equal(first.outputs[name], second.outputs[name], equal_nan=_has_nan(name, first)):
+                        self.nondeterministic.append(name)
+            file = f"batch-{i}.npz"
+            save_npz(self.directory / file, first.outputs)
+            index.update(dict.fromkeys(batch, file))
+            if on_batch:
+                on_batch(i + 1, len(batches))
+        atomic_write_text(self.directory / "nondeterministic.json", json.dumps(self.nondeterministic))
+        atomic_write_text(self.directory / "index.json", json.dumps(index))  # last: marks the dump complete
+        self.index = index
+
+    def load_flags(self) -> None:
+        flags = self.directory / "nondeterministic.json"
+        if flags.exists():
+            self.nondeterministic = json.loads(flags.read_text())
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+
+def _has_nan(name: str, result) -> bool:
+    return result.outputs[name].dtype.kind in "fc"

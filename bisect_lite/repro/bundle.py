@@ -1,0 +1,95 @@
+"""The repro bundle: a minimal failing model with its inputs, expected and actual outputs, facts and an issue text.
+
+A maintainer with only this directory reproduces the fault with `bisect-lite verify DIR`, or with the plain
+Paddle-Lite snippet in ISSUE.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bisect_lite import __version__
+from bisect_lite.engines.runner import EngineRunner
+from bisect_lite.engines.worker import QUIET_ENV
+from bisect_lite.fsutil import atomic_dir
+from bisect_lite.inputs import save_npz
+from bisect_lite.model import Model, write_model_files
+from bisect_lite.model.describe import tensor_info
+
+EXPORT_ONNX = (
+    "import sys; from pathlib import Path; from bisect_lite.engines.onnxruntime import export_onnx; "
+    "export_onnx(Path(sys.argv[1]), Path(sys.argv[2]))"
+)
+
+
+def export_onnx_isolated(model_dir: Path, out_file: Path, timeout: float = 180.0) -> tuple[bool, str]:
+    """paddle2onnx in a child process: it imports paddle (slow, chatty) and may crash on exotic ops."""
+    env = {**os.environ, **QUIET_ENV, "POLYGRAPHY_AUTOINSTALL_DEPS": "0"}
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run([sys.executable, "-c", EXPORT_ONNX, str(model_dir), str(out_file)], env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"paddle2onnx did not finish within {timeout:g} s"
+    if proc.returncode == 0 and out_file.exists():
+        return True, "converted with paddle2onnx (optimize_tool=None)"
+    lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
+    return False, "paddle2onnx could not convert it: " + (lines[-1] if lines else f"exit code {proc.returncode}")
+
+
+def repro_facts(found: dict[str, Any], entry: dict[str, Any], source: Model, ref: EngineRunner,
+                target: EngineRunner, tolerance: dict[str, Any]) -> dict[str, Any]:
+    sub: Model = found["model"]
+    culprit = source.ops[entry["index"]]
+    cmp = found.get("comparison")
+    return {
+        "bisect_lite": __version__,
+        "status": "crash" if entry.get("status") == "crash" else "mismatch",
+        "op": {
+            "type": culprit.type, "index": culprit.index, "attrs": entry["attrs"],
+            "inputs": {s: [tensor_info(source, a) for a in args] for s, args in culprit.inputs.items() if args},
+            "outputs": {s: [tensor_info(source, a) for a in args] for s, args in culprit.outputs.items() if args},
+        },
+        "kind": entry["kind"],
+        "ops": [{"index": i, "type": source.ops[i].type} for i in found["ops"]],
+        "reference": {"engine": ref.spec, "facts": ref.facts()},
+        "target": {"engine": target.spec, "facts": target.facts()},
+        "tolerance": tolerance,
+        "metrics": [m.to_dict() for m in cmp.tensors] if cmp else [],
+        "diagnosis": entry["diagnosis"],
+        "message": found.get("message", ""),
+        "source": {"model": str(source.source), "op_index": culprit.index, "ops": len(source.ops)},
+        "inputs": {n: {"shape": list(found["inputs"][n].shape), "dtype": str(found["inputs"][n].dtype)}
+                   for n in sub.feeds},
+        "fetches": list(sub.fetches),
+    }
+
+
+def write_bundle(directory: Path, found: dict[str, Any], entry: dict[str, Any], ref: EngineRunner,
+                 target: EngineRunner, source: Model, tolerance: dict[str, Any]) -> Path:
+    from bisect_lite.repro.issue import render_issue
+
+    facts = repro_facts(found, entry, source, ref, target, tolerance)
+    with atomic_dir(directory) as tmp:
+        write_model_files(found["model"], tmp)
+        save_npz(tmp / "inputs.npz", found["inputs"])
+        save_npz(tmp / "expected.npz", found["expected"])
+        files = ["model.pdmodel", "model.pdiparams", "inputs.npz", "expected.npz"]
+        if found.get("actual"):
+            save_npz(tmp / "actual.npz", found["actual"])
+            files.append("actual.npz")
+        ok, note = export_onnx_isolated(tmp, tmp / "model.onnx")
+        if ok:
+            files.append("model.onnx")
+        facts["onnx"] = {"written": ok, "note": note}
+        files += ["repro.json", "ISSUE.md"]
+        facts["files"] = files
+        (tmp / "repro.json").write_text(json.dumps(facts, indent=2, allow_nan=False) + "\n")
+        (tmp / "ISSUE.md").write_text(render_issue(facts))
+    return directory
