@@ -76,14 +76,19 @@ def main() -> None:
         if model is None:
             model = Path(tmp)
             subprocess.run([sys.executable, "-c", BUILD, tmp], check=True, capture_output=True)
-        res = json.loads(subprocess.run([sys.executable, "-c", MEASURE, str(model)], check=True,
-                                        capture_output=True, text=True).stdout)
+        res = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", MEASURE, str(model)], check=True, capture_output=True, text=True
+            ).stdout
+        )
     print(f"model: {res['ops']} ops")
     print(f"import bisect_lite.model: {res['import_s'] * 1e3:7.1f} ms")
     print(f"load (cold, incl. schema): {res['first_load_s'] * 1e3:7.1f} ms   target < 100 ms")
     print(f"load (warm):               {res['warm_load_s'] * 1e3:7.1f} ms")
-    print(f"truncate + serialise:      median {res['truncate_median_s'] * 1e3:.2f} ms, "
-          f"max {res['truncate_max_s'] * 1e3:.2f} ms over {res['cuts']} cuts   target < 20 ms")
+    print(
+        f"truncate + serialise:      median {res['truncate_median_s'] * 1e3:.2f} ms, "
+        f"max {res['truncate_max_s'] * 1e3:.2f} ms over {res['cuts']} cuts   target < 20 ms"
+    )
     print(f"frontier at every cut:     {res['all_frontiers_s'] * 1e3:7.1f} ms total")
     print(f"paddle imported: {res['paddle_imported']}")
 

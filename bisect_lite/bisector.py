@@ -28,7 +28,7 @@ from bisect_lite.compare import CompareConfig, Comparison, compare_outputs
 from bisect_lite.engines.base import RunResult
 from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
 from bisect_lite.errors import InputError
-from bisect_lite.fsutil import atomic_write_text, is_inside
+from bisect_lite.fsutil import is_inside
 from bisect_lite.inputs import prepare_inputs, save_npz
 from bisect_lite.journal import Journal
 from bisect_lite.model import Model, extract, frontier, load_model, truncate
@@ -60,6 +60,7 @@ class RunOptions:
     verbose: bool = False
     max_culprits: int = 8
     params: Path | None = None
+    force: bool = False  # replace the output of an earlier run in `out`
 
 
 @dataclass
@@ -79,19 +80,34 @@ class Probe:
         rel = [m.rel_l2 for m in self.comparison.tensors] if self.comparison else []
         finite = [r for r in rel if r is not None and np.isfinite(r)]
         return {
-            "segment": self.segment, "cut": self.cut, "fetched": self.fetched,
-            "verdict": STATUS_WORD[self.outcome.status], "blame": self.outcome.blame,
+            "segment": self.segment,
+            "cut": self.cut,
+            "fetched": self.fetched,
+            "verdict": STATUS_WORD[self.outcome.status],
+            "blame": self.outcome.blame,
             "metrics": [m.to_dict() for m in self.comparison.tensors] if self.comparison else [],
-            "worst_rel_l2": (worst.rel_l2 if worst and worst.rel_l2 is not None and np.isfinite(worst.rel_l2)
-                             else (max(finite) if finite else None)),
+            "worst_rel_l2": (
+                worst.rel_l2
+                if worst and worst.rel_l2 is not None and np.isfinite(worst.rel_l2)
+                else (max(finite) if finite else None)
+            ),
             "worst_tensor": worst.name if worst else None,
-            "seconds": round(self.seconds, 4), "message": self.message,
+            "seconds": round(self.seconds, 4),
+            "message": self.message,
         }
 
 
 class Bisector:
-    def __init__(self, model: Model, options: RunOptions, ref: EngineRunner, target: EngineRunner,
-                 inputs: dict[str, np.ndarray], journal: Journal, events: Events | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        options: RunOptions,
+        ref: EngineRunner,
+        target: EngineRunner,
+        inputs: dict[str, np.ndarray],
+        journal: Journal,
+        events: Events | None = None,
+    ) -> None:
         self.model = model
         self.opt = options
         self.ref = ref
@@ -113,8 +129,9 @@ class Bisector:
             self._segments[start] = extract(self.model, range(start, len(self.model.ops)))
         return truncate(self._segments[start], targets)
 
-    def _judge(self, result: RunResult, expected: dict[str, np.ndarray], names: list[str]
-               ) -> tuple[ProbeOutcome, Comparison | None]:
+    def _judge(
+        self, result: RunResult, expected: dict[str, np.ndarray], names: list[str]
+    ) -> tuple[ProbeOutcome, Comparison | None]:
         if not result.ok:
             return ProbeOutcome(Status.CRASH, detail=result.message), None
         cmp = compare_outputs(expected, result.outputs, self.opt.compare, names=names)
@@ -144,8 +161,17 @@ class Bisector:
         for e in self.journal.find(type="probe", segment=start):
             status = {v: k for k, v in STATUS_WORD.items()}[e["verdict"]]
             known[e["cut"] - start] = ProbeOutcome(status, blame=e.get("blame"), detail=e.get("message"))
-            self.probes.append(Probe(start, e["cut"], e["fetched"], known[e["cut"] - start], _cmp_from(e),
-                                     e["seconds"], e.get("message", "")))
+            self.probes.append(
+                Probe(
+                    start,
+                    e["cut"],
+                    e["fetched"],
+                    known[e["cut"] - start],
+                    _cmp_from(e),
+                    e["seconds"],
+                    e.get("message", ""),
+                )
+            )
         return known
 
     # ---- the search ---------------------------------------------------------------------------------------
@@ -162,8 +188,14 @@ class Bisector:
                 outcome = ProbeOutcome(outcome.status, blame=outcome.blame - start, detail=outcome.detail)
             return outcome
 
-        known = {p: (ProbeOutcome(o.status, o.blame - start if o.blame is not None and o.blame >= start
-                                  else o.blame, o.detail)) for p, o in known.items()}
+        known = {
+            p: (
+                ProbeOutcome(
+                    o.status, o.blame - start if o.blame is not None and o.blame >= start else o.blame, o.detail
+                )
+            )
+            for p, o in known.items()
+        }
         self.events("search", {"segment": start, "ops": n - start, "expected": expected_probes(n - start)})
         result = bisect_first_failure(n - start, probe, failing=hunted, known=known)
         self.notes.extend(result.contradictions)
@@ -172,8 +204,12 @@ class Bisector:
             self.notes.append(f"segment from op {start}: the search could not locate a failing op")
             return None
         culprit = start + result.first_bad
-        info: dict[str, Any] = {"index": culprit, "status": STATUS_WORD[hunted], "flaky": result.flaky,
-                                "linear_refined": result.linear_refined}
+        info: dict[str, Any] = {
+            "index": culprit,
+            "status": STATUS_WORD[hunted],
+            "flaky": result.flaky,
+            "linear_refined": result.linear_refined,
+        }
         if result.ambiguous:
             lo, hi = (start + result.ambiguous[0], start + result.ambiguous[1])
             info["ambiguous"] = [lo, hi]
@@ -181,8 +217,13 @@ class Bisector:
         return info
 
     # ---- isolation ----------------------------------------------------------------------------------------
-    def isolate(self, ops: Sequence[int], hunted: Status, model: Model | None = None,
-                inputs: dict[str, np.ndarray] | None = None) -> dict[str, Any] | None:
+    def isolate(
+        self,
+        ops: Sequence[int],
+        hunted: Status,
+        model: Model | None = None,
+        inputs: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, Any] | None:
         """Run ops alone, fed with reference values; None when the reference cannot run them."""
         sub = model or extract(self.model, ops)
         feeds = inputs or self.values.get_many(sub.feeds)
@@ -192,8 +233,17 @@ class Bisector:
         tgt = self.target.run(sub, feeds)
         outcome, cmp = self._judge(tgt, ref.outputs, list(sub.fetches))
         fails = outcome.status == hunted
-        return {"model": sub, "inputs": feeds, "expected": ref.outputs, "actual": tgt.outputs, "fails": fails,
-                "comparison": cmp, "status": STATUS_WORD[outcome.status], "message": tgt.message, "ops": list(ops)}
+        return {
+            "model": sub,
+            "inputs": feeds,
+            "expected": ref.outputs,
+            "actual": tgt.outputs,
+            "fails": fails,
+            "comparison": cmp,
+            "status": STATUS_WORD[outcome.status],
+            "message": tgt.message,
+            "ops": list(ops),
+        }
 
     def confirm(self, culprit: int, hunted: Status, start: int) -> dict[str, Any]:
         """Single op, else the smallest failing window, else the whole model."""
@@ -202,8 +252,10 @@ class Bisector:
         alone = self.isolate([culprit], hunted)
         if alone and alone["fails"]:
             return {"kind": "op", **alone, "tried": tried}
-        tried.append(f"op {culprit} alone, fed with reference values: " +
-                     ("passes" if alone else "the reference cannot run it alone"))
+        tried.append(
+            f"op {culprit} alone, fed with reference values: "
+            + ("passes" if alone else "the reference cannot run it alone")
+        )
         cache: dict[tuple[int, ...], dict[str, Any] | None] = {}
 
         def run_ops(ops: tuple[int, ...]) -> dict[str, Any] | None:
@@ -220,8 +272,9 @@ class Bisector:
 
         window = grow_window(culprit - start, n - start, window_fails)
         if window is None:
-            tried.append(f"windows around op {culprit} up to ops {start}..{n - 1}: all pass when fed with reference "
-                         "values")
+            tried.append(
+                f"windows around op {culprit} up to ops {start}..{n - 1}: all pass when fed with reference values"
+            )
             return {"kind": "context", "tried": tried, "ops": list(range(start, n))}
         ops = tuple(range(start + window[0], start + window[1] + 1))
         tried.append(f"smallest failing window: ops {ops[0]}..{ops[-1]}")
@@ -245,7 +298,7 @@ class Bisector:
         def split(flat: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
             out, i = {}, 0
             for name, rank in zip(names, ranks, strict=True):
-                out[name] = flat[i:i + rank]
+                out[name] = flat[i : i + rank]
                 i += rank
             return out
 
@@ -266,8 +319,11 @@ class Bisector:
             return found
         best = attempts[final]
         assert best is not None
-        note = ", ".join(f"{n} {list(feeds[n].shape)} -> {list(best['inputs'][n].shape)}" for n in names
-                         if feeds[n].shape != best["inputs"][n].shape)
+        note = ", ".join(
+            f"{n} {list(feeds[n].shape)} -> {list(best['inputs'][n].shape)}"
+            for n in names
+            if feeds[n].shape != best["inputs"][n].shape
+        )
         return {**found, **best, "kind": found["kind"], "tried": [*found.get("tried", []), f"shrunk inputs: {note}"]}
 
 
@@ -280,17 +336,25 @@ def _cmp_from(entry: dict[str, Any]) -> Comparison | None:
 
 
 # ---- the job ----------------------------------------------------------------------------------------------------
-def prepare_out_dir(out: Path, model: Model, resume: bool) -> None:
+def prepare_out_dir(out: Path, model: Model, resume: bool, force: bool = False) -> None:
     if model.source is not None and is_inside(out, model.source):
         raise InputError(f"--out {out} is inside the model directory {model.source}; bisect-lite never writes there")
     if out.exists():
         if not out.is_dir():
             raise InputError(f"--out {out} exists and is not a directory")
         has_journal = (out / "journal.jsonl").exists()
+        if force and not resume:
+            if not has_journal and any(out.iterdir()):
+                raise InputError(f"--force: {out} is not the output of an earlier run; refusing to delete it")
+            _remove_tree(out)
         if resume and not has_journal:
             raise InputError(f"--resume: {out} holds no journal of an earlier run")
         if not resume and any(out.iterdir()):
-            hint = "use --resume to continue it" if has_journal else "choose an empty or new --out"
+            hint = (
+                "use --resume to continue it or --force to replace it"
+                if has_journal
+                else "choose an empty or new --out"
+            )
             raise InputError(f"--out {out} is not empty ({hint})")
     elif resume:
         raise InputError(f"--resume: {out} does not exist")
@@ -306,7 +370,7 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     t_start = time.perf_counter()
     model = load_model(model_path, options.params)
     out = Path(options.out)
-    prepare_out_dir(out, model, options.resume)
+    prepare_out_dir(out, model, options.resume, options.force)
     journal = Journal(out / "journal.jsonl")
     header = journal.header()
     if options.resume:
@@ -317,12 +381,21 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         if header and (header["ref"], header["target"]) != (options.ref, options.target):
             raise InputError(f"--resume: {out} was made with --ref {header['ref']} --target {header['target']}")
     else:
-        inputs = prepare_inputs(model, options.inputs, shapes=options.shapes, seed=options.seed,
-                                int_range=options.int_range)
+        inputs = prepare_inputs(
+            model, options.inputs, shapes=options.shapes, seed=options.seed, int_range=options.int_range
+        )
         save_npz(out / "inputs.npz", inputs)
     if header is None:
-        journal.append({"type": "start", "model": model.fingerprint, "ref": options.ref, "target": options.target,
-                        "inputs": inputs_hash(inputs), "tool": __version__})
+        journal.append(
+            {
+                "type": "start",
+                "model": model.fingerprint,
+                "ref": options.ref,
+                "target": options.target,
+                "inputs": inputs_hash(inputs),
+                "tool": __version__,
+            }
+        )
 
     cache = Cache(results=options.cache)
     scratch = out / ".scratch"
@@ -355,23 +428,33 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
 def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict[str, Any]:
     n = len(model.ops)
     report: dict[str, Any] = {
-        "tool": f"bisect-lite {__version__}", "model": str(model.source), "ops": n,
+        "tool": f"bisect-lite {__version__}",
+        "model": str(model.source),
+        "ops": n,
         "reference": {"engine": job.ref.spec, "facts": job.ref.facts()},
         "target": {"engine": job.target.spec, "facts": job.target.facts()},
-        "inputs": "inputs.npz", "tolerance": _tolerance_dict(options.compare),
-        "expected_probes": expected_probes(n), "culprits": [], "_found": [], "notes": job.notes,
+        "inputs": "inputs.npz",
+        "tolerance": _tolerance_dict(options.compare),
+        "expected_probes": expected_probes(n),
+        "op_types": [op.type for op in model.ops],
+        "culprits": [],
+        "_found": [],
+        "notes": job.notes,
     }
     # 1. reference values of every tensor
     emit("phase", {"name": "reference", "detail": f"{job.ref.spec} on every tensor"})
     if not job.values.complete:
-        job.values.compute(model, job.ref, options.max_memory,
-                           on_batch=lambda i, total: emit("batch", {"done": i, "total": total}))
+        job.values.compute(
+            model, job.ref, options.max_memory, on_batch=lambda i, total: emit("batch", {"done": i, "total": total})
+        )
     else:
         job.values.load_flags()
     report["reference_nondeterministic"] = bool(job.values.nondeterministic)
     if job.values.nondeterministic:
-        job.notes.append(f"the reference differs between two runs at {len(job.values.nondeterministic)} tensors "
-                         f"(first: {job.values.nondeterministic[0]}); its values are taken from the first run")
+        job.notes.append(
+            f"the reference differs between two runs at {len(job.values.nondeterministic)} tensors "
+            f"(first: {job.values.nondeterministic[0]}); its values are taken from the first run"
+        )
 
     # 2. the target on the whole model, twice
     emit("phase", {"name": "target", "detail": f"{job.target.spec} on the whole model, twice"})
@@ -379,17 +462,22 @@ def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict
     first = job.target.run(model, inputs := job.values.get_many(model.feeds))
     second = job.target.run(model, inputs, use_cache=False)
     whole, cmp = job._judge(first, expected, list(model.fetches))
-    report["full_model"] = {"comparison": cmp.to_dict() if cmp else None, "status": first.status,
-                            "message": first.message}
-    nondet = first.ok and second.ok and any(
-        not np.array_equal(first.outputs[k], second.outputs[k]) for k in model.fetches)
+    report["full_model"] = {
+        "comparison": cmp.to_dict() if cmp else None,
+        "status": first.status,
+        "message": first.message,
+    }
+    nondet = first.ok and second.ok and any(not same_values(first.outputs[k], second.outputs[k]) for k in model.fetches)
     report["target_nondeterministic"] = bool(nondet)
     if nondet:
-        job.notes.append("the target gives different results on two runs of the same model (non-deterministic "
-                         "kernel or memory reuse); the search uses the first run")
+        job.notes.append(
+            "the target gives different results on two runs of the same model (non-deterministic "
+            "kernel or memory reuse); the search uses the first run"
+        )
     if whole.status == Status.PASS:
         report["verdict"] = "match"
         report["probes"] = []
+        report["search_probes"] = 0
         return report
     report["verdict"] = "crash" if whole.status == Status.CRASH else "mismatch"
 
@@ -418,7 +506,13 @@ def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict
         if outcome.status == Status.PASS:
             break
     report["probes"] = [p.to_dict() for p in job.probes]
+    report["search_probes"] = sum(1 for p in job.probes if p.segment == 0)
     return report
+
+
+def same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bitwise-equal results (NaN equals NaN: a deterministic NaN is not non-determinism)."""
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
 def _segment_outcome(job: Bisector, start: int) -> ProbeOutcome:
@@ -440,22 +534,41 @@ def _culprit_entry(job: Bisector, found: dict[str, Any], confirmed: dict[str, An
     if worst is not None:
         ref_arr = confirmed["expected"].get(worst.name)
         tgt_arr = confirmed["actual"].get(worst.name)
-    depth = [(p.cut, p.to_dict()["worst_rel_l2"] or 0.0) for p in job.probes if p.segment == found.get("segment", 0)
-             and p.comparison is not None]
+    depth = [
+        (p.cut, p.to_dict()["worst_rel_l2"] or 0.0)
+        for p in job.probes
+        if p.segment == found.get("segment", 0) and p.comparison is not None
+    ]
     status = "crash" if found["status"] == "crash" else "ok"
-    diag = diagnose(ref_arr, tgt_arr, status=status, metrics=worst, depth_errors=depth,
-                    culprit_index=found["index"], isolated_rel_l2=worst.rel_l2 if worst else None,
-                    nondeterministic=nondet, message=confirmed.get("message") or _last_message(job, found))
+    diag = diagnose(
+        ref_arr,
+        tgt_arr,
+        status=status,
+        metrics=worst,
+        depth_errors=depth,
+        culprit_index=found["index"],
+        isolated_rel_l2=worst.rel_l2 if worst else None,
+        nondeterministic=nondet,
+        message=confirmed.get("message") or _last_message(job, found),
+    )
     notes = list(confirmed.get("tried", []))
     if found.get("flaky"):
         notes.append("a probe gave different answers when repeated (flaky target)")
     if found.get("linear_refined"):
         notes.append("probes contradicted each other (a cut changed the result); the bracket was refined linearly")
     return {
-        "index": op.index, "type": op.type, "inputs": op.inputs, "outputs": op.outputs,
-        "attrs": _json_safe(model.op_attrs(op.index)), "kind": confirmed["kind"],
-        "ops": confirmed.get("ops", [op.index]), "diagnosis": diag.to_dict(), "repro": None,
-        "isolated": cmp.to_dict() if cmp else None, "notes": notes, "status": found["status"],
+        "index": op.index,
+        "type": op.type,
+        "inputs": op.inputs,
+        "outputs": op.outputs,
+        "attrs": _json_safe(model.op_attrs(op.index)),
+        "kind": confirmed["kind"],
+        "ops": confirmed.get("ops", [op.index]),
+        "diagnosis": diag.to_dict(),
+        "repro": None,
+        "isolated": cmp.to_dict() if cmp else None,
+        "notes": notes,
+        "status": found["status"],
         "ambiguous": found.get("ambiguous"),
     }
 
@@ -468,9 +581,14 @@ def _last_message(job: Bisector, found: dict[str, Any]) -> str:
 
 
 def _tolerance_dict(config: CompareConfig) -> dict[str, Any]:
-    return {"atol": config.default.atol, "rtol": config.default.rtol, "allow_inf": config.allow_inf,
-            "check_error_stat": config.check_error_stat, "scale_atol": config.scale_atol,
-            "overrides": {k: {"atol": v.atol, "rtol": v.rtol} for k, v in config.overrides.items()}}
+    return {
+        "atol": config.default.atol,
+        "rtol": config.default.rtol,
+        "allow_inf": config.allow_inf,
+        "check_error_stat": config.check_error_stat,
+        "scale_atol": config.scale_atol,
+        "overrides": {k: {"atol": v.atol, "rtol": v.rtol} for k, v in config.overrides.items()},
+    }
 
 
 def _json_safe(value: Any) -> Any:

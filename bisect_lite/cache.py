@@ -65,8 +65,9 @@ class Cache:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def result_key(self, model: Model, engine_key: str, inputs: Mapping[str, np.ndarray],
-                   fetches: Sequence[str]) -> str:
+    def result_key(
+        self, model: Model, engine_key: str, inputs: Mapping[str, np.ndarray], fetches: Sequence[str]
+    ) -> str:
         return digest(model.fingerprint, engine_key, inputs_hash(inputs), *fetches)
 
     def get_result(self, key: str) -> dict[str, np.ndarray] | None:

@@ -111,16 +111,22 @@ TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds one engine
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached results or conversions.")]
 
 
-def _compare_config(atol: float | None, rtol: float | None, tol: list[str], allow_inf: bool, stat: str,
-                    absolute_atol: bool = False):
+def _compare_config(
+    atol: float | None, rtol: float | None, tol: list[str], allow_inf: bool, stat: str, absolute_atol: bool = False
+):
     from bisect_lite.compare import CompareConfig, Tolerance, parse_tolerance_override
 
     try:
         base = Tolerance()
         default = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
         overrides = dict(parse_tolerance_override(t, default) for t in tol)
-        return CompareConfig(default=default, overrides=overrides, allow_inf=allow_inf, check_error_stat=stat,
-                             scale_atol=not absolute_atol)
+        return CompareConfig(
+            default=default,
+            overrides=overrides,
+            allow_inf=allow_inf,
+            check_error_stat=stat,
+            scale_atol=not absolute_atol,
+        )
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
@@ -145,12 +151,25 @@ def engines(as_json: Json = False) -> None:
 
 @app.command()
 def compare(
-    model: ModelArg, ref: RefOpt = None, target: TargetOpt = None, inputs: InputsOpt = None,
-    shape: ShapeOpt = [], seed: SeedOpt = 0, int_range: IntRangeOpt = None, atol: AtolOpt = None,
-    rtol: RtolOpt = None, tol: TolOpt = [], allow_inf: AllowInfOpt = False, check_error_stat: StatOpt = "elementwise",
-    absolute_atol: AbsAtolOpt = False, timeout: TimeoutOpt = 120.0, no_cache: NoCacheOpt = False, params: ParamsOpt = None,
+    model: ModelArg,
+    ref: RefOpt = None,
+    target: TargetOpt = None,
+    inputs: InputsOpt = None,
+    shape: ShapeOpt = [],
+    seed: SeedOpt = 0,
+    int_range: IntRangeOpt = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    tol: TolOpt = [],
+    allow_inf: AllowInfOpt = False,
+    check_error_stat: StatOpt = "elementwise",
+    absolute_atol: AbsAtolOpt = False,
+    timeout: TimeoutOpt = 120.0,
+    no_cache: NoCacheOpt = False,
+    params: ParamsOpt = None,
     save_inputs: Annotated[Path | None, typer.Option("--save-inputs", help="Write the inputs used here.")] = None,
-    as_json: Json = False, verbose: Verbose = False,
+    as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run both engines on the whole model; per-output table and verdict (exit 0 match, 1 mismatch)."""
     from bisect_lite.compare_engines import compare_engines
@@ -158,9 +177,21 @@ def compare(
 
     config = _compare_config(atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
     ref_spec, target_spec = resolve_engines(ref, target)
-    report = compare_engines(model, ref_spec, target_spec, inputs=inputs, shapes=shape, seed=seed,
-                             int_range=int_range, compare=config, timeout=timeout, cache=not no_cache,
-                             save_inputs=save_inputs, params=params, verbose=verbose)
+    report = compare_engines(
+        model,
+        ref_spec,
+        target_spec,
+        inputs=inputs,
+        shapes=shape,
+        seed=seed,
+        int_range=int_range,
+        compare=config,
+        timeout=timeout,
+        cache=not no_cache,
+        save_inputs=save_inputs,
+        params=params,
+        verbose=verbose,
+    )
     if as_json:
         _print_json(report)
     else:
@@ -186,9 +217,15 @@ def _print_comparison(cmp: dict[str, Any]) -> None:
         table.add_column(col, overflow="fold")
     for m in cmp["tensors"]:
         table.add_row(
-            m["name"], "x".join(map(str, m["target_shape"])), _fmt(m["max_abs"]), _fmt(m["max_rel"]),
-            _fmt(m["rel_l2"]), _fmt(m["cosine"]), f"{100 * (_num(m['mismatch_fraction'])):.1f}%",
-            f"{m['nan_target']}/{m['inf_target']}", "pass" if m["passed"] else f"FAIL {m['reason']}",
+            m["name"],
+            "x".join(map(str, m["target_shape"])),
+            _fmt(m["max_abs"]),
+            _fmt(m["max_rel"]),
+            _fmt(m["rel_l2"]),
+            _fmt(m["cosine"]),
+            f"{100 * (_num(m['mismatch_fraction'])):.1f}%",
+            f"{m['nan_target']}/{m['inf_target']}",
+            "pass" if m["passed"] else f"FAIL {m['reason']}",
         )
     for name in cmp.get("missing", []):
         table.add_row(name, "-", "-", "-", "-", "-", "-", "-", "FAIL missing in target")
@@ -205,17 +242,39 @@ def _num(value: Any) -> float:
 # ---- run / verify ---------------------------------------------------------------------------------------
 @app.command()
 def run(
-    model: ModelArg, ref: RefOpt = None, target: TargetOpt = None, inputs: InputsOpt = None,
+    model: ModelArg,
+    ref: RefOpt = None,
+    target: TargetOpt = None,
+    inputs: InputsOpt = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory (report, repro, journal).")] = Path(
-        "bisect-out"),
-    find_all: Annotated[bool, typer.Option("--all", help="Keep searching past each culprit (fed with reference "
-                                                         "values) and report every independent faulty op.")] = False,
+        "bisect-out"
+    ),
+    find_all: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Keep searching past each culprit (fed with reference values) and report every independent faulty op.",
+        ),
+    ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
-    max_memory: Annotated[str, typer.Option("--max-memory", help="Memory budget for reference values, e.g. 2G.")] = "1G",
+    force: Annotated[bool, typer.Option("--force", help="Replace the output of an earlier run in --out.")] = False,
+    max_memory: Annotated[
+        str, typer.Option("--max-memory", help="Memory budget for reference values, e.g. 2G.")
+    ] = "1G",
     no_minimise: Annotated[bool, typer.Option("--no-minimise", help="Keep the repro's input shapes.")] = False,
-    shape: ShapeOpt = [], seed: SeedOpt = 0, int_range: IntRangeOpt = None, atol: AtolOpt = None,
-    rtol: RtolOpt = None, tol: TolOpt = [], allow_inf: AllowInfOpt = False, check_error_stat: StatOpt = "elementwise",
-    absolute_atol: AbsAtolOpt = False, timeout: TimeoutOpt = 120.0, no_cache: NoCacheOpt = False, params: ParamsOpt = None, as_json: Json = False,
+    shape: ShapeOpt = [],
+    seed: SeedOpt = 0,
+    int_range: IntRangeOpt = None,
+    atol: AtolOpt = None,
+    rtol: RtolOpt = None,
+    tol: TolOpt = [],
+    allow_inf: AllowInfOpt = False,
+    check_error_stat: StatOpt = "elementwise",
+    absolute_atol: AbsAtolOpt = False,
+    timeout: TimeoutOpt = 120.0,
+    no_cache: NoCacheOpt = False,
+    params: ParamsOpt = None,
+    as_json: Json = False,
     verbose: Verbose = False,
 ) -> None:
     """Bisect to the first op whose output diverges, confirm it alone, and write a standalone repro."""
@@ -227,9 +286,23 @@ def run(
         ref, target = _recorded_engines(out_dir, ref, target)
     ref_spec, target_spec = resolve_engines(ref, target)
     options = RunOptions(
-        ref=ref_spec, target=target_spec, inputs=inputs, shapes=shape, seed=seed, int_range=int_range, out=out_dir,
-        find_all=find_all, compare=config, timeout=timeout, max_memory=parse_size(max_memory), cache=not no_cache,
-        resume=resume, minimise=not no_minimise, verbose=verbose, params=params,
+        ref=ref_spec,
+        target=target_spec,
+        inputs=inputs,
+        shapes=shape,
+        seed=seed,
+        int_range=int_range,
+        out=out_dir,
+        find_all=find_all,
+        compare=config,
+        timeout=timeout,
+        max_memory=parse_size(max_memory),
+        cache=not no_cache,
+        resume=resume,
+        minimise=not no_minimise,
+        verbose=verbose,
+        params=params,
+        force=force,
     )
     from bisect_lite.progress import RunProgress
 
@@ -270,10 +343,15 @@ def parse_size(text: str) -> int:
 
 def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
     verdict = report["verdict"]
-    runs = f"{report['target_runs']} target runs (log2 bound {report['expected_probes']}), {report['seconds']:.1f} s"
+    runs = (
+        f"{report['search_probes']} search probes (log2 bound {report['expected_probes']}), "
+        f"{report['target_runs']} target runs in all, {report['seconds']:.1f} s"
+    )
     if verdict == "match":
-        out.print(f"MATCH: {report['target']['engine']} agrees with {report['reference']['engine']} on every "
-                  f"output ({runs}). Report: {out_dir / 'report.md'}")
+        out.print(
+            f"MATCH: {report['target']['engine']} agrees with {report['reference']['engine']} on every "
+            f"output ({runs}). Report: {out_dir / 'report.md'}"
+        )
         return
     out.print(f"{verdict.upper()}: {report['target']['engine']} vs {report['reference']['engine']} ({runs})")
     for c in report["culprits"]:
@@ -293,9 +371,13 @@ def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
 def verify(
     repros: Annotated[list[Path], typer.Argument(help="Repro directories, or directories holding repros.")],
     ref: Annotated[str | None, typer.Option("--ref", help="Recompute expected outputs with this engine.")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Engine to verify (default: the recorded one).")] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Engine to verify (default: the recorded one).")
+    ] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report for CI.")] = None,
-    timeout: TimeoutOpt = 120.0, as_json: Json = False, verbose: Verbose = False,
+    timeout: TimeoutOpt = 120.0,
+    as_json: Json = False,
+    verbose: Verbose = False,
 ) -> None:
     """Re-run repro bundles: exit 0 when every one now passes (fix verified), 1 when any still fails."""
     from bisect_lite.repro.verify import verify_repros, write_junit
@@ -310,8 +392,13 @@ def verify(
         for col in ("repro", "op", "target", "result", "detail"):
             table.add_column(col, overflow="fold")
         for r in results:
-            table.add_row(str(r.repro), r.op, r.target, {"fixed": "PASS (fixed)", "failing": "FAIL",
-                                                         "crash": "CRASH"}[r.status], r.message)
+            table.add_row(
+                str(r.repro),
+                r.op,
+                r.target,
+                {"fixed": "PASS (fixed)", "failing": "FAIL", "crash": "CRASH"}[r.status],
+                r.message,
+            )
         out.print(table)
         still = sum(not r.passed for r in results)
         out.print("all repros pass: fix verified" if not still else f"{still} of {len(results)} still fail")
@@ -338,7 +425,9 @@ def _fail(message: str, code: int) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of raising SystemExit.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except BisectLiteError as exc:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
@@ -355,5 +444,8 @@ def main() -> None:
             _fail(f"{exc.format_message()}{hint}", 2)
         if "-v" in sys.argv or "--verbose" in sys.argv:
             raise
-        _fail(f"internal error ({type(exc).__name__}: {exc}); this is a bisect-lite bug: rerun with -v for the "
-              "traceback and report it", 4)
+        _fail(
+            f"internal error ({type(exc).__name__}: {exc}); this is a bisect-lite bug: rerun with -v for the "
+            "traceback and report it",
+            4,
+        )

@@ -14,11 +14,22 @@ from bisect_lite.inputs import prepare_inputs, save_npz
 from bisect_lite.model import load_model
 
 
-def compare_engines(model_path: Path, ref: str, target: str, *, inputs: Path | None = None,
-                    shapes: Sequence[str] = (), seed: int = 0, int_range: str | None = None,
-                    compare: CompareConfig | None = None, timeout: float = DEFAULT_TIMEOUT, cache: bool = True,
-                    save_inputs: Path | None = None, params: Path | None = None,
-                    verbose: bool = False) -> dict[str, Any]:
+def compare_engines(
+    model_path: Path,
+    ref: str,
+    target: str,
+    *,
+    inputs: Path | None = None,
+    shapes: Sequence[str] = (),
+    seed: int = 0,
+    int_range: str | None = None,
+    compare: CompareConfig | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    cache: bool = True,
+    save_inputs: Path | None = None,
+    params: Path | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
     """Returns {"verdict": match|mismatch|crash, "comparison", "reference", "target", ...}."""
     model = load_model(model_path, params)
     feeds = prepare_inputs(model, inputs, shapes=shapes, seed=seed, int_range=int_range)
@@ -33,15 +44,14 @@ def compare_engines(model_path: Path, ref: str, target: str, *, inputs: Path | N
             raise EngineUnavailable(f"the reference engine {ref} failed: {ref_result.status}: {ref_result.message}")
         target_result = runners[1].run(model, feeds)
         report: dict[str, Any] = {
-            "model": str(model_path), "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
-                                                 for k, v in feeds.items()},
+            "model": str(model_path),
+            "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
             "reference": {"engine": ref, "facts": runners[0].facts(), "seconds": round(ref_result.seconds, 4)},
             "target": {"engine": target, "facts": runners[1].facts(), "seconds": round(target_result.seconds, 4)},
             "tolerance": {"atol": config.default.atol, "rtol": config.default.rtol},
         }
         if not target_result.ok:
-            report.update(verdict="crash", status=target_result.status, message=target_result.message,
-                          comparison=None)
+            report.update(verdict="crash", status=target_result.status, message=target_result.message, comparison=None)
             return report
         cmp = compare_outputs(ref_result.outputs, target_result.outputs, config, names=list(model.fetches))
         report.update(verdict="match" if cmp.passed else "mismatch", comparison=cmp.to_dict())

@@ -46,8 +46,13 @@ def parse_int_range(text: str | None) -> tuple[int, int]:
         raise InputError(f"--int-range {text!r}: expected LOW,HIGH with LOW < HIGH (HIGH exclusive)") from None
 
 
-def generate_inputs(model: Model, *, shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0,
-                    int_range: tuple[int, int] = (0, 10)) -> dict[str, np.ndarray]:
+def generate_inputs(
+    model: Model,
+    *,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    seed: int = 0,
+    int_range: tuple[int, int] = (0, 10),
+) -> dict[str, np.ndarray]:
     """Random inputs: floats ~ N(0, 1) (unit scale, like normalised images), ints uniform in int_range."""
     shapes = dict(shapes or {})
     unknown = set(shapes) - set(model.feeds)
@@ -112,8 +117,14 @@ def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     atomic_write_bytes(Path(path), buf.getvalue())
 
 
-def prepare_inputs(model: Model, inputs_file: Path | None = None, *, shapes: Sequence[str] = (), seed: int = 0,
-                   int_range: str | None = None) -> dict[str, np.ndarray]:
+def prepare_inputs(
+    model: Model,
+    inputs_file: Path | None = None,
+    *,
+    shapes: Sequence[str] = (),
+    seed: int = 0,
+    int_range: str | None = None,
+) -> dict[str, np.ndarray]:
     """The one entry point commands use: given file, or generated from the feeds."""
     if inputs_file is not None:
         if shapes:

@@ -13,8 +13,14 @@ class RunProgress:
         self.enabled = enabled and console.is_terminal
         self.console = console
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self.task = None
 
@@ -36,13 +42,19 @@ class RunProgress:
         elif kind == "batch":
             self.progress.update(self.task, total=data["total"], completed=data["done"])
         elif kind == "search":
-            self.progress.update(self.task, description=f"bisecting {data['ops']} ops (about {data['expected']} "
-                                 "probes)", total=max(data["expected"], 1), completed=0)
+            self.progress.update(
+                self.task,
+                description=f"bisecting {data['ops']} ops (about {data['expected']} probes)",
+                total=max(data["expected"], 1),
+                completed=0,
+            )
         elif kind == "probe":
             task = self.progress.tasks[0]
             total = max(task.total or 1, task.completed + 1)
             err = data.get("worst_rel_l2")
             what = f"cut {data['cut']}: {data['verdict']}" + (f" (rel L2 {err:.2g})" if err else "")
             self.progress.update(self.task, total=total, advance=1, description=f"bisecting: {what}")
-            self.console.log(f"probe cut {data['cut']:>4}  {data['verdict']:<5}  "
-                             + (f"rel L2 {err:.3g}" if err is not None else data.get("message", "")[:80]))
+            self.console.log(
+                f"probe cut {data['cut']:>4}  {data['verdict']:<5}  "
+                + (f"rel L2 {err:.3g}" if err is not None else data.get("message", "")[:80])
+            )

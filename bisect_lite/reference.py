@@ -81,9 +81,12 @@ class ReferenceValues:
     def get_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         return {n: self[n] for n in names}
 
-    def compute(self, model: Model, runner: EngineRunner, budget: int,
-                on_batch: Callable[[int, int], None] | None = None) -> None:
+    def compute(
+        self, model: Model, runner: EngineRunner, budget: int, on_batch: Callable[[int, int], None] | None = None
+    ) -> None:
         """Run the reference on every comparable tensor, twice (a determinism check), and spill to disk."""
+        from bisect_lite.bisector import same_values
+
         names = [t for _, t in model.data_tensors()]
         batches = plan_batches(model, names, max(budget // 2, 1))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -99,7 +102,7 @@ class ReferenceValues:
             second = runner.run(cut, feeds, use_cache=False)
             if second.ok:
                 for name in batch:
-                    if not np.array_equal(first.outputs[name], second.outputs[name], equal_nan=_has_nan(name, first)):
+                    if not same_values(first.outputs[name], second.outputs[name]):
                         self.nondeterministic.append(name)
             file = f"batch-{i}.npz"
             save_npz(self.directory / file, first.outputs)
@@ -119,7 +122,3 @@ class ReferenceValues:
         for f in self._open.values():
             f.close()
         self._open.clear()
-
-
-def _has_nan(name: str, result) -> bool:
-    return result.outputs[name].dtype.kind in "fc"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,12 @@ import pytest
 # Legacy IR for every paddle import in the test process (the models are legacy programs).
 os.environ.setdefault("FLAGS_enable_pir_api", "0")
 os.environ.setdefault("GLOG_minloglevel", "3")
+# Tests never touch the user's cache.
+os.environ["BISECT_LITE_CACHE"] = tempfile.mkdtemp(prefix="bisect-lite-test-cache-")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
-FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "model.pdmodel").exists()) if FIXTURES.exists() else []
+FIXTURE_NAMES = sorted(p.parent.name for p in FIXTURES.glob("*/model.pdmodel"))
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +29,12 @@ def paddle():
     return _paddle
 
 
-def predict(model_dir: Path, feeds: dict[str, np.ndarray], model_file: str = "model.pdmodel",
-            params_file: str = "model.pdiparams") -> dict[str, np.ndarray]:
+def predict(
+    model_dir: Path,
+    feeds: dict[str, np.ndarray],
+    model_file: str = "model.pdmodel",
+    params_file: str = "model.pdiparams",
+) -> dict[str, np.ndarray]:
     """Run a model with Paddle Inference in exact mode (IR optimisation and oneDNN off)."""
     import paddle.inference as pi
 

@@ -123,7 +123,9 @@ def test_nan_in_target_fails():
 
 def test_nan_in_target_fails_under_every_error_stat():
     for stat in ("max", "mean", "median"):
-        m = cmp(np.float32([1.0, 2.0]), np.float32([1.0, np.nan]), CompareConfig(scale_atol=False, check_error_stat=stat))
+        m = cmp(
+            np.float32([1.0, 2.0]), np.float32([1.0, np.nan]), CompareConfig(scale_atol=False, check_error_stat=stat)
+        )
         assert not m.passed and "NaN in target" in m.reason
 
 
@@ -365,7 +367,9 @@ def test_error_stat_fails_only_if_both_statistics_exceed():
 
 def test_mean_rel_counts_exact_zeros_as_zero_error():
     # 0/0 relative error must count as 0, not NaN (a NaN mean would compare as "not above rtol" and pass).
-    m = cmp(np.float64([0, 0, 1, 1]), np.float64([0, 0, 1, 1.5]), CompareConfig(scale_atol=False, check_error_stat="mean"))
+    m = cmp(
+        np.float64([0, 0, 1, 1]), np.float64([0, 0, 1, 1.5]), CompareConfig(scale_atol=False, check_error_stat="mean")
+    )
     assert not m.passed
     assert "mean rel 0.125" in m.reason
 

@@ -47,9 +47,7 @@ def io_names(prog: framework_pb2.ProgramDesc) -> tuple[list[str], list[str]]:
     return [op.outputs[0].arguments[0] for op in feeds], [op.inputs[0].arguments[0] for op in fetches]
 
 
-def run_predictor(
-    model_file: Path, params_file: Path, inputs: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
+def run_predictor(model_file: Path, params_file: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     config = paddle.inference.Config(str(model_file), str(params_file))
     config.switch_ir_optim(False)
     if hasattr(config, "disable_onednn"):

@@ -28,12 +28,14 @@ def test_params_round_trip_all_dtypes(paddle, tmp_path):
     main, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.static.program_guard(main, startup):
         variables = [
-            paddle.static.create_global_var(shape=[2, 3] if i % 2 else [5], value=1, dtype=dt, persistable=True,
-                                            name=f"v_{dt}")
+            paddle.static.create_global_var(
+                shape=[2, 3] if i % 2 else [5], value=1, dtype=dt, persistable=True, name=f"v_{dt}"
+            )
             for i, dt in enumerate(dtypes)
         ]
-        variables.append(paddle.static.create_global_var(shape=[], value=3, dtype="float32", persistable=True,
-                                                         name="zero_d"))
+        variables.append(
+            paddle.static.create_global_var(shape=[], value=3, dtype="float32", persistable=True, name="zero_d")
+        )
     exe = paddle.static.Executor(paddle.CPUPlace())
     scope = paddle.static.Scope()
     rng = np.random.default_rng(1)
@@ -43,8 +45,11 @@ def test_params_round_trip_all_dtypes(paddle, tmp_path):
         for v in variables:
             tensor = scope.var(v.name).get_tensor()
             shape = np.array(tensor).shape
-            value = (rng.integers(0, 2, shape).astype(bool) if v.name == "v_bool"
-                     else (rng.standard_normal(shape) * 100).astype(np.array(tensor).dtype))
+            value = (
+                rng.integers(0, 2, shape).astype(bool)
+                if v.name == "v_bool"
+                else (rng.standard_normal(shape) * 100).astype(np.array(tensor).dtype)
+            )
             if v.name == "v_int64":
                 value = value.astype(np.int64) * (2**40)
             tensor.set(value, paddle.CPUPlace())
@@ -82,8 +87,7 @@ def _paddle_full_values(paddle, name, names):
     exe = paddle.static.Executor(paddle.CPUPlace())
     scope = paddle.static.Scope()
     with paddle.static.scope_guard(scope):
-        program, feed_names, _ = paddle.static.load_inference_model(
-            str(FIXTURES / name / "model"), exe)
+        program, feed_names, _ = paddle.static.load_inference_model(str(FIXTURES / name / "model"), exe)
         feeds = load_fixture_inputs(name)
         values = exe.run(program, feed={k: feeds[k] for k in feed_names}, fetch_list=list(names), scope=scope)
     return dict(zip(names, values, strict=True)), program, exe, scope
@@ -110,8 +114,9 @@ def test_truncate_matches_paddle(paddle, name, tmp_path):
         with paddle.static.scope_guard(scope):
             block = program.global_block()
             feed_vars = [block.var(f) for f in cut.feeds]  # paddle rejects feeds the slice does not use
-            paddle.static.save_inference_model(str(ref_dir / "model"), feed_vars, [block.var(target)], exe,
-                                               program=program)
+            paddle.static.save_inference_model(
+                str(ref_dir / "model"), feed_vars, [block.var(target)], exe, program=program
+            )
         ref = load_model(ref_dir)
         assert [(o.type, o.outputs) for o in cut.ops] == [(o.type, o.outputs) for o in ref.ops]
         assert set(cut.params) == set(ref.params)
@@ -155,15 +160,14 @@ def test_frontier_is_what_later_ops_need():
     model = load_model(FIXTURES / "resnet")
     for cut in range(len(model.ops)):
         front = frontier(model, cut)
-        later_reads = {n for op in model.ops[cut + 1:] for n in op.reads} | set(model.fetches)
+        later_reads = {n for op in model.ops[cut + 1 :] for n in op.reads} | set(model.fetches)
         produced = {n for op in model.ops[: cut + 1] for n in op.data_outputs()}
         assert set(front) == (produced & later_reads) - set(model.params)
 
 
 def test_residual_frontier_holds_both_branches():
     model = load_model(FIXTURES / "resnet")
-    add = next(op for op in model.ops if op.type == "elementwise_add" and not any(
-        model.is_param(n) for n in op.reads))
+    add = next(op for op in model.ops if op.type == "elementwise_add" and not any(model.is_param(n) for n in op.reads))
     front = frontier(model, add.index - 1)
     assert set(add.inputs["X"] + add.inputs["Y"]) <= set(front)
 
@@ -179,9 +183,21 @@ def _snapshot(path: Path):
     return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(path.rglob("*"))}
 
 
-@pytest.mark.parametrize("case", ["missing_params", "truncated_params", "corrupt_params", "corrupt_model",
-                                  "unknown_tensor", "pir_json", "unreadable_dir", "empty_dir", "ambiguous",
-                                  "extra_params"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_params",
+        "truncated_params",
+        "corrupt_params",
+        "corrupt_model",
+        "unknown_tensor",
+        "pir_json",
+        "unreadable_dir",
+        "empty_dir",
+        "ambiguous",
+        "extra_params",
+    ],
+)
 def test_bad_input_is_one_line_exit_2(case, tmp_path, capsys):
     model_dir = _copy_fixture(tmp_path)
     params = model_dir / "model.pdiparams"

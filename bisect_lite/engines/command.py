@@ -64,17 +64,26 @@ class CommandEngine(Engine):
 
     def execute(self, job: Job, timeout: float) -> RunResult:
         values = {
-            "model_dir": str(job.model_dir), "model_file": str(job.model_dir / "model.pdmodel"),
-            "params_file": str(job.model_dir / "model.pdiparams"), "inputs": str(job.inputs_file),
-            "outputs": str(job.outputs_file), "io": str(job.io_file),
+            "model_dir": str(job.model_dir),
+            "model_file": str(job.model_dir / "model.pdmodel"),
+            "params_file": str(job.model_dir / "model.pdiparams"),
+            "inputs": str(job.inputs_file),
+            "outputs": str(job.outputs_file),
+            "io": str(job.io_file),
         }
         argv = [part.format(**values) for part in self.argv]
         log = job.outputs_file.with_name("stderr.log")
         start = time.perf_counter()
         try:
             with open(log, "wb") as err:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                        start_new_session=True, cwd=job.outputs_file.parent)
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    start_new_session=True,
+                    cwd=job.outputs_file.parent,
+                )
         except OSError as exc:
             return RunResult("crash", message=f"cannot start {argv[0]!r}: {exc.strerror}")
         try:
@@ -83,8 +92,11 @@ class CommandEngine(Engine):
             with _suppress():
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return RunResult("timeout", seconds=time.perf_counter() - start,
-                             message=f"no result within {timeout:g} s" + _with_tail(log))
+            return RunResult(
+                "timeout",
+                seconds=time.perf_counter() - start,
+                message=f"no result within {timeout:g} s" + _with_tail(log),
+            )
         seconds = time.perf_counter() - start
         if code != 0:
             return RunResult("crash", seconds=seconds, message=describe_exit(code) + _with_tail(log))

@@ -65,8 +65,9 @@ def round_fp16(array: np.ndarray) -> np.ndarray:
         return array.astype(np.float16).astype(np.float32)
 
 
-def fp16_model(model: Model, ops: frozenset[str] | None = None, skip: frozenset[str] = frozenset(),
-               weights: bool = True) -> tuple[Model, int]:
+def fp16_model(
+    model: Model, ops: frozenset[str] | None = None, skip: frozenset[str] = frozenset(), weights: bool = True
+) -> tuple[Model, int]:
     """A copy of `model` whose float32 activations (and weights) are rounded to fp16; also the number of rounded
     activation tensors.
 
@@ -149,8 +150,10 @@ def fp16_model(model: Model, ops: frozenset[str] | None = None, skip: frozenset[
 
 class Fp16Engine(PaddleEngine):
     name = "fp16"
-    summary = ("OpenCL-fp16 emulation on the host: activations and weights rounded to half between ops, "
-               "fp32 arithmetic (Paddle Inference CPU, exact mode)")
+    summary = (
+        "OpenCL-fp16 emulation on the host: activations and weights rounded to half between ops, "
+        "fp32 arithmetic (Paddle Inference CPU, exact mode)"
+    )
     option_help = {
         "ops": "round only the outputs of these op types, '+'-separated (feed = model inputs; all | none)",
         "skip": "round everything except the outputs of these op types, '+'-separated",
@@ -179,6 +182,8 @@ class Fp16Engine(PaddleEngine):
         if not (prepared / PARAMS_FILE).exists():  # converted once per (model, spec); save_model is atomic
             rewritten, count = fp16_model(load_model(model_dir), self.only, self.skip, self.round_weights)
             save_model(rewritten, prepared)
-            print(f"fp16: rounding {count} activation tensors, weights {'rounded' if self.round_weights else 'kept'}",
-                  file=sys.stderr)
+            print(
+                f"fp16: rounding {count} activation tensors, weights {'rounded' if self.round_weights else 'kept'}",
+                file=sys.stderr,
+            )
         return super().load(prepared, work_dir)

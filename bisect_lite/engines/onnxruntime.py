@@ -84,13 +84,23 @@ def _convert(model_dir: Path, opset: int) -> bytes:
     error = ""
     # A private scope: paddle2onnx loads the params into the global scope, where a long-lived worker would pile up
     # the params of every model it converts (all sharing names, as truncated models do).
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-            paddle.static.scope_guard(paddle.static.Scope()):
+    with (
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        paddle.static.scope_guard(paddle.static.Scope()),
+    ):
         try:
             data = paddle2onnx.export(
-                str(model_dir / MODEL_FILE), str(model_dir / PARAMS_FILE), save_file=None,
-                opset_version=opset, auto_upgrade_opset=True, verbose=False, enable_onnx_checker=True,
-                enable_optimize=True, deploy_backend="onnxruntime", optimize_tool="None",
+                str(model_dir / MODEL_FILE),
+                str(model_dir / PARAMS_FILE),
+                save_file=None,
+                opset_version=opset,
+                auto_upgrade_opset=True,
+                verbose=False,
+                enable_onnx_checker=True,
+                enable_optimize=True,
+                deploy_backend="onnxruntime",
+                optimize_tool="None",
             )
         except (Exception, SystemExit) as exc:  # on failure it logs the real error and calls sys.exit(-1)
             error = f"{type(exc).__name__}: {exc}"
@@ -100,8 +110,14 @@ def _convert(model_dir: Path, opset: int) -> bytes:
     return data
 
 
-def export_onnx(model_dir: Path, out_file: Path, opset: int = DEFAULT_OPSET, *, in_process: bool = False,
-                timeout: float = EXPORT_TIMEOUT) -> None:
+def export_onnx(
+    model_dir: Path,
+    out_file: Path,
+    opset: int = DEFAULT_OPSET,
+    *,
+    in_process: bool = False,
+    timeout: float = EXPORT_TIMEOUT,
+) -> None:
     """Write model_dir's model (model.pdmodel + model.pdiparams) as ONNX to `out_file` (atomically).
 
     By default the conversion runs in a child process: it imports paddle (1 s, 300 MB), prints from native code
@@ -129,8 +145,9 @@ def export_onnx(model_dir: Path, out_file: Path, opset: int = DEFAULT_OPSET, *, 
         if mark:
             raise RuntimeError(message.strip())
         # It died (paddle2onnx aborts on some errors, e.g. an opset it does not support).
-        raise RuntimeError(f"paddle2onnx died converting {model_dir} ({describe_exit(proc.returncode)}): "
-                           + _error_detail(text))
+        raise RuntimeError(
+            f"paddle2onnx died converting {model_dir} ({describe_exit(proc.returncode)}): " + _error_detail(text)
+        )
 
 
 def _fetch_names_in_desc_order(model_dir: Path) -> list[str]:
@@ -144,7 +161,7 @@ class OnnxRuntimeEngine(Engine):
     summary = "the model converted by paddle2onnx, run by ONNX Runtime CPU fp32 (an independent reference)"
     option_help = {
         "opset": f"ONNX opset to request from paddle2onnx (default {DEFAULT_OPSET}; it may raise it when an op "
-                 "needs more)",
+        "needs more)",
         "threads": "intra-op threads (default 1)",
     }
 

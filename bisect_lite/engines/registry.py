@@ -41,11 +41,17 @@ def list_engines() -> list[dict[str, Any]]:
             version = cls(EngineSpec(name, (), (("template", "true"),) if name == "cmd" else ())).version()
         except Exception:
             version = "?"
-        rows.append({
-            "name": name, "summary": cls.summary, "available": reason is None, "why_not": reason,
-            "version": version if reason is None else None,
-            "words": cls.words, "options": cls.option_help,
-        })
+        rows.append(
+            {
+                "name": name,
+                "summary": cls.summary,
+                "available": reason is None,
+                "why_not": reason,
+                "version": version if reason is None else None,
+                "words": cls.words,
+                "options": cls.option_help,
+            }
+        )
     return rows
 
 

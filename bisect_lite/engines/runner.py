@@ -25,8 +25,15 @@ DEFAULT_TIMEOUT = 120.0
 class EngineRunner:
     """One engine, its worker process (started lazily, restarted after a crash) and the cache."""
 
-    def __init__(self, engine: Engine | str, cache: Cache | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                 verbose: bool = False, scratch: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine | str,
+        cache: Cache | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        verbose: bool = False,
+        scratch: Path | None = None,
+    ) -> None:
         self.engine = create_engine(engine) if isinstance(engine, str) else engine
         reason = self.engine.unavailable_reason()
         if reason:
@@ -105,9 +112,11 @@ class EngineRunner:
             return RunResult("crash", seconds=result.seconds, message=f"unreadable outputs file ({exc})")
         missing = [f for f in job.fetches if f not in outputs]
         if missing:
-            return RunResult("crash", seconds=result.seconds,
-                             message=f"outputs file lacks {len(missing)} of {len(job.fetches)} fetches: "
-                                     + ", ".join(missing[:5]))
+            return RunResult(
+                "crash",
+                seconds=result.seconds,
+                message=f"outputs file lacks {len(missing)} of {len(job.fetches)} fetches: " + ", ".join(missing[:5]),
+            )
         result.outputs = {f: outputs[f] for f in job.fetches}
         return result
 

@@ -54,8 +54,15 @@ def describe_exit(code: int | None) -> str:
 class Worker:
     """Parent-side handle of one worker process for one engine spec."""
 
-    def __init__(self, spec: str, log_file: Path, *, verbose: bool = False, python: str | None = None,
-                 command: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        spec: str,
+        log_file: Path,
+        *,
+        verbose: bool = False,
+        python: str | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.spec = spec
         self.log_file = log_file
         self.verbose = verbose
@@ -78,7 +85,11 @@ class Worker:
         self._log_offset = log.tell()
         try:
             self.proc = subprocess.Popen(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env,
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
                 start_new_session=True,
             )
         finally:
@@ -111,8 +122,12 @@ class Worker:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
         request = {
-            "cmd": "run", "model_dir": str(job.model_dir), "work_dir": str(job.work_dir),
-            "inputs": str(job.inputs_file), "outputs": str(job.outputs_file), "fetches": job.fetches,
+            "cmd": "run",
+            "model_dir": str(job.model_dir),
+            "work_dir": str(job.work_dir),
+            "inputs": str(job.inputs_file),
+            "outputs": str(job.outputs_file),
+            "fetches": job.fetches,
         }
         start = time.perf_counter()
         try:
@@ -131,8 +146,9 @@ class Worker:
             return result
         if not msg.get("ok"):
             return RunResult("crash", seconds=seconds, message=f"engine error: {msg.get('error', '?')}")
-        return RunResult("ok", seconds=seconds, info={"run_seconds": msg.get("seconds"),
-                                                      "load_seconds": msg.get("load_seconds")})
+        return RunResult(
+            "ok", seconds=seconds, info={"run_seconds": msg.get("seconds"), "load_seconds": msg.get("load_seconds")}
+        )
 
     def _death_reason(self, what: str) -> str:
         code = self.proc.poll() if self.proc else None

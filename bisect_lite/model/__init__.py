@@ -5,6 +5,15 @@ from bisect_lite.model.io import MODEL_FILE, PARAMS_FILE, load_model, save_model
 from bisect_lite.model.slicing import extract, frontier, truncate
 
 __all__ = [
-    "MODEL_FILE", "PARAMS_FILE", "Model", "Op", "Var", "extract", "frontier", "load_model", "save_model",
-    "truncate", "write_model_files",
+    "MODEL_FILE",
+    "PARAMS_FILE",
+    "Model",
+    "Op",
+    "Var",
+    "extract",
+    "frontier",
+    "load_model",
+    "save_model",
+    "truncate",
+    "write_model_files",
 ]

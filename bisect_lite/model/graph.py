@@ -65,7 +65,8 @@ def decode_attr(attr: Any) -> Any:
     if t in (16, 17):
         scalars = [attr.scalar] if t == 16 else list(attr.scalars)
         values = [
-            {1: s.b, 2: s.i, 3: s.r}.get(s.type, complex(s.c.r, s.c.i)) for s in scalars  # type: ignore[arg-type]
+            {1: s.b, 2: s.i, 3: s.r}.get(s.type, complex(s.c.r, s.c.i))
+            for s in scalars  # type: ignore[arg-type]
         ]
         return values[0] if t == 16 else values
     return None
@@ -186,8 +187,9 @@ class Model:
                     # Only names that live in block 0 connect the op to the rest of the graph.
                     reads |= r & names0
                     writes |= w & names0
-            ops.append(Op(len(ops), desc_index, od.type, inputs, outputs, tuple(subs), frozenset(reads),
-                          frozenset(writes)))
+            ops.append(
+                Op(len(ops), desc_index, od.type, inputs, outputs, tuple(subs), frozenset(reads), frozenset(writes))
+            )
         return ops
 
     def op_attrs(self, index: int) -> dict[str, Any]:
@@ -248,8 +250,7 @@ class Model:
     def param_names(self) -> list[str]:
         """Persistable vars of block 0 that belong in the params file, in file order."""
         names = [
-            v.name for v in self.block.vars
-            if v.persistable and v.type.type not in (FEED_MINIBATCH, FETCH_LIST, RAW)
+            v.name for v in self.block.vars if v.persistable and v.type.type not in (FEED_MINIBATCH, FETCH_LIST, RAW)
         ]
         return sorted(names, key=lambda n: n.encode())
 

@@ -77,8 +77,7 @@ def locate(path: Path, params: Path | None = None) -> tuple[Path, Path | None, s
         raise InputError(f"{path / jsons[0]} {PIR_HELP}")
     shown = ", ".join(entries[:8]) + (" ..." if len(entries) > 8 else "") if entries else "nothing"
     raise InputError(
-        f"{path}: no Paddle model found (looked for *.pdmodel + .pdiparams, __model__, model + params); "
-        f"found {shown}"
+        f"{path}: no Paddle model found (looked for *.pdmodel + .pdiparams, __model__, model + params); found {shown}"
     )
 
 
@@ -99,8 +98,9 @@ def load_model(path: str | Path, params: str | Path | None = None) -> Model:
         program = framework_pb2().ProgramDesc()
         program.ParseFromString(data)
     except Exception:
-        raise InputError(f"{model_file}: not a Paddle program (protobuf parse failed; corrupt or wrong file?)") \
-            from None
+        raise InputError(
+            f"{model_file}: not a Paddle program (protobuf parse failed; corrupt or wrong file?)"
+        ) from None
     if not program.blocks:
         raise InputError(f"{model_file}: not a Paddle program (no blocks; corrupt or wrong file?)")
     model = Model(program, {}, source=model_file.parent)

@@ -90,8 +90,7 @@ def read_combined(data: bytes, names: Sequence[str]) -> dict[str, np.ndarray]:
         out[name], offset = read_tensor(view, offset, name)
     if offset != len(view):
         raise InputError(
-            f"{len(view) - offset} bytes left after the model's {len(names)} tensors "
-            "(params file of another model?)"
+            f"{len(view) - offset} bytes left after the model's {len(names)} tensors (params file of another model?)"
         )
     return out
 

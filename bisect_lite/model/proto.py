@@ -60,9 +60,9 @@ DTYPE_BY_CODE: dict[int, np.dtype] = {
     37: np.dtype(np.uint32),
     38: np.dtype(np.uint64),
 }
-CODE_BY_DTYPE: dict[np.dtype, int] = {
-    dt: code for code, dt in DTYPE_BY_CODE.items() if code not in (22, 36)
-} | {np.dtype(np.uint16): 36}
+CODE_BY_DTYPE: dict[np.dtype, int] = {dt: code for code, dt in DTYPE_BY_CODE.items() if code not in (22, 36)} | {
+    np.dtype(np.uint16): 36
+}
 DTYPE_NAMES: dict[int, str] = {code: str(dt) for code, dt in DTYPE_BY_CODE.items()} | {22: "bfloat16"}
 
 # VarType.Type numbers of var kinds.

@@ -50,6 +50,7 @@ JUMP_FACTOR = 10.0  # error growth between neighbouring probes above this is a j
 JUMP_FLOOR = 1e-4
 LOG_FLOOR = 1e-9  # zero errors are drawn/fitted at this value
 _MAX_EXAMPLES = 5
+_LAYOUT_SAMPLE = 4096  # positions screened per candidate permutation
 
 
 @dataclass
@@ -90,20 +91,27 @@ def diagnose(
     """
     if status in CRASH_STATUSES:
         return _finish(_crash(status, message))
-    tol = Tolerance(metrics.atol, metrics.rtol) if metrics and metrics.atol is not None and metrics.rtol is not None \
-        else DEFAULT_TOLERANCE
+    tol = DEFAULT_TOLERANCE
+    if metrics is not None and metrics.atol is not None and metrics.rtol is not None:
+        tol = Tolerance(metrics.atol, metrics.rtol)  # judge the pattern with the tolerance the tensor failed
+    elif ref is not None and np.asarray(ref).dtype.kind == "f" and np.asarray(ref).size:
+        tol = _scaled_tolerance(tol, np.asarray(ref))
     found: Diagnosis | None = None
     if ref is not None and target is not None:
         found = _array_patterns(np.asarray(ref), np.asarray(target), tol, ref_inputs)
     elif metrics is not None:
         found = _metrics_nonfinite(metrics)
     if found is None and nondeterministic:
+        stats = _metric_evidence(metrics)
+        if not stats and ref is not None and target is not None:
+            stats = _array_stats(np.asarray(ref), np.asarray(target), tol)
+        rel = stats.get("rel_l2")
         found = Diagnosis(
             "nondeterministic",
-            "The target engine returns different values for the same inputs on repeated runs, so this mismatch "
-            "may be run-to-run noise (e.g. Image2D memory reuse or a race) rather than a fixed kernel error"
-            + _metric_tail(metrics) + ".",
-            {"target_nondeterministic": True, **_metric_evidence(metrics)},
+            "The target engine returns different values for the same inputs on repeated runs, so this mismatch"
+            + (f" (rel L2 {rel:.3g} in this run)" if isinstance(rel, float) else "")
+            + " may be run-to-run noise (e.g. Image2D memory reuse or a race) rather than a fixed kernel error.",
+            {"target_nondeterministic": True, **stats},
         )
     depth = _depth_profile(depth_errors, culprit_index)
     if found is None:
@@ -131,6 +139,8 @@ def _array_patterns(
 ) -> Diagnosis | None:
     if r.dtype.kind not in "fiub" or t.dtype.kind not in "fiub" or r.size != t.size or r.size == 0:
         return None  # nothing element-wise to read; the fallback reports shapes/dtypes
+    if r.ndim == 0:
+        r, t = r.reshape(1), t.reshape(1)
     with np.errstate(all="ignore"):
         r64 = np.asarray(r, dtype=np.float64)
         t64 = np.asarray(t, dtype=np.float64).reshape(r.shape)
@@ -154,8 +164,7 @@ def _mismatch_mask(r: np.ndarray, t: np.ndarray, tol: Tolerance) -> np.ndarray:
     bad = diff > np.maximum(tol.atol, tol.rtol * np.abs(r))
     nonfinite = ~(np.isfinite(r) & np.isfinite(t))
     same = (np.isnan(r) & np.isnan(t)) | (r == t)
-    bad[nonfinite] = ~same[nonfinite]
-    return bad
+    return np.where(nonfinite, ~same, bad)
 
 
 def _fp16_overflow(
@@ -165,30 +174,46 @@ def _fp16_overflow(
     if not saturated.any():
         return None
     max_ref = _max_abs(r)
-    max_in = max((_max_abs(np.asarray(a, dtype=np.float64)) for a in (ref_inputs or {}).values()
-                  if np.asarray(a).dtype.kind in "fiu"), default=0.0)
-    if max_ref < PINNED and max_in <= FP16_MAX:
-        return None  # the true values fit fp16: the inf is a plain NaN/inf bug, not overflow
+    max_in = max(
+        (
+            _max_abs(np.asarray(a, dtype=np.float64))
+            for a in (ref_inputs or {}).values()
+            if np.asarray(a).dtype.kind in "fiu"
+        ),
+        default=0.0,
+    )
+    # Explained where the true value itself is beyond fp16, or anywhere when the op's inputs are (an intermediate
+    # overflowed).  Otherwise the true values fit fp16 and the inf is a plain NaN/inf bug.
+    explained = int(np.count_nonzero(saturated & (np.abs(r) >= PINNED)))
+    if max_in <= FP16_MAX and explained < 0.5 * np.count_nonzero(saturated):
+        return None
     n_inf = int(np.count_nonzero(saturated & np.isinf(t)))
     n_sat = int(np.count_nonzero(saturated))
     nan_after = int(np.count_nonzero(np.isnan(t) & ~np.isnan(r)))  # inf-inf, 0*inf downstream of the overflow
     where = f"the reference reaches |x| = {max_ref:.6g}"
     if max_in > FP16_MAX:
         where += f" and the op's inputs reach {max_in:.6g}"
-    summary = (f"fp16 overflow: {n_sat} target elements are inf ({n_inf}) or pinned at ±65504 ({n_sat - n_inf}) "
-               f"where {where}, beyond the fp16 maximum 65504")
+    summary = (
+        f"fp16 overflow: {n_sat} target elements are inf ({n_inf}) or pinned at ±65504 ({n_sat - n_inf}) "
+        f"where {where}, beyond the fp16 maximum 65504"
+    )
     summary += f"; {nan_after} NaN follow from it." if nan_after else "."
-    return Diagnosis("fp16_overflow", summary, {
-        "count": n_sat,
-        "inf_count": n_inf,
-        "pinned_count": n_sat - n_inf,
-        "nan_count": nan_after,
-        "fraction": n_sat / r.size,
-        "max_abs_ref": max_ref,
-        "max_abs_ref_at_overflow": _max_abs(r[saturated]),
-        "max_abs_input": max_in if ref_inputs else None,
-        "fp16_max": FP16_MAX,
-    })
+    return Diagnosis(
+        "fp16_overflow",
+        summary,
+        {
+            "count": n_sat,
+            "inf_count": n_inf,
+            "pinned_count": n_sat - n_inf,
+            "nan_count": nan_after,
+            "fraction": n_sat / r.size,
+            "ref_beyond_fp16_at_overflow": explained,
+            "max_abs_ref": max_ref,
+            "max_abs_ref_at_overflow": _max_abs(r[saturated]),
+            "max_abs_input": max_in if ref_inputs else None,
+            "fp16_max": FP16_MAX,
+        },
+    )
 
 
 def _nan_inf(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
@@ -201,16 +226,22 @@ def _nan_inf(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
         return None
     first = _unravel(int(np.argmax(bad.reshape(-1))), r.shape)
     n_nan, n_inf = int(np.count_nonzero(new_nan)), int(np.count_nonzero(new_inf))
-    summary = (f"The target produces {n_nan} NaN and {n_inf} inf ({100 * n / r.size:.3g}% of elements) where the "
-               f"reference is finite (max |ref| {_max_abs(r):.4g}, within fp16 range); first at index {first}.")
-    return Diagnosis("nan_inf", summary, {
-        "nan_count": n_nan,
-        "inf_count": n_inf,
-        "fraction": n / r.size,
-        "first_index": list(first),
-        "ref_at_first": float(r[first]),
-        "max_abs_ref": _max_abs(r),
-    })
+    summary = (
+        f"The target produces {n_nan} NaN and {n_inf} inf ({100 * n / r.size:.3g}% of elements) where the "
+        f"reference is finite (max |ref| {_max_abs(r):.4g}, within fp16 range); first at index {first}."
+    )
+    return Diagnosis(
+        "nan_inf",
+        summary,
+        {
+            "nan_count": n_nan,
+            "inf_count": n_inf,
+            "fraction": n / r.size,
+            "first_index": list(first),
+            "ref_at_first": float(r[first]),
+            "max_abs_ref": _max_abs(r),
+        },
+    )
 
 
 def _axes_label(perm: Sequence[int], ndim: int) -> str:
@@ -234,41 +265,68 @@ def _layout(r: np.ndarray, t: np.ndarray, *, exact: bool) -> Diagnosis | None:
     direct = _rel_l2(r, t)
     if (exact and np.array_equal(r, t)) or (not exact and direct < LAYOUT_MATCH):
         return None
-    best: tuple[float, str, tuple[int, ...]] | None = None
-    flat_t = t.reshape(-1)
+    # Screen every permutation on a fixed sample of positions (46 full transposes of a large activation take
+    # seconds), then confirm the best on the whole tensor.  Element m of the canonical tensor sits at flat
+    # position ravel(m[p], shape[p]) of a buffer laid out in order p -- in the target ("written") or in the
+    # reference ("read").
+    flat_r, flat_t = r.reshape(-1), t.reshape(-1)
+    pos = (
+        np.arange(r.size)
+        if r.size <= _LAYOUT_SAMPLE
+        else np.sort(np.random.default_rng(0).choice(r.size, _LAYOUT_SAMPLE, replace=False))
+    )
+    m = np.stack(np.unravel_index(pos, r.shape))
+    r_at, t_at = flat_r[pos], flat_t[pos]
+    screened: list[tuple[float, str, tuple[int, ...]]] = []
     for perm in itertools.permutations(range(nd)):
-        if list(perm) == list(range(nd)):
-            continue
-        inv = tuple(int(i) for i in np.argsort(perm))
+        moved = [a for a in perm if r.shape[a] != 1]
+        if moved == sorted(moved):
+            continue  # only size-1 axes move: the same memory order as the direct comparison
         pshape = tuple(r.shape[i] for i in perm)
-        written = flat_t.reshape(pshape).transpose(inv)  # undo the target's permuted write
-        read = r.reshape(pshape).transpose(inv)  # what a wrong read of the reference buffer gives
-        for mode, a, b, same_order in (
-            ("written", written, r, np.array_equal(written, t)),
-            ("read", t, read, np.array_equal(read, r)),
-        ):
-            if same_order:
-                continue  # the permutation only moves size-1 axes: same memory order, nothing to test
-            err = 0.0 if np.array_equal(a, b) else (math.inf if exact else _rel_l2(b, a))
-            if best is None or err < best[0]:
-                best = (err, mode, perm)
-    if best is None or best[0] >= LAYOUT_MATCH or best[0] >= direct / 10:
+        src = np.ravel_multi_index(tuple(m[list(perm)]), pshape)
+        for mode, want, got in (("written", r_at, flat_t[src]), ("read", flat_r[src], t_at)):
+            err = (0.0 if np.array_equal(want, got) else math.inf) if exact else _rel_l2(want, got)
+            screened.append((err, mode, perm))
+    if not screened:
         return None
-    err, mode, perm = best
-    label, native = _axes_label(perm, nd), _axes_label(range(nd), nd)
+    err, mode, perm = min(screened, key=lambda c: c[0])
+    if err >= LAYOUT_MATCH:
+        return None
+    inv = tuple(int(i) for i in np.argsort(perm))
+    pshape = tuple(r.shape[i] for i in perm)
     if mode == "written":
-        how = f"the target wrote the output in {label} order into a {native} tensor"
+        want, got = r, flat_t.reshape(pshape).transpose(inv)  # undo the target's permuted write
+    else:
+        want, got = r.reshape(pshape).transpose(inv), t  # what a wrong read of the reference buffer gives
+    err = (0.0 if np.array_equal(want, got) else math.inf) if exact else _rel_l2(want, got)
+    if err >= LAYOUT_MATCH or err >= direct / 10:
+        return None
+    label, native = _axes_label(perm, nd), _axes_label(range(nd), nd)
+    if nd != 4:
+        how = (
+            f"the target wrote the output transposed (axes {label})"
+            if mode == "written"
+            else f"the target read the result buffer as if transposed (axes {label})"
+        )
+    elif mode == "written":
+        how = f"the target wrote the output in {label} order into the {native} tensor"
     else:
         how = f"the target read the {native} result buffer as {label}"
-    summary = (f"Layout mix-up: {how}; after undoing that permutation it matches the reference "
-               f"(rel L2 {err:.3g} vs {direct:.3g} compared directly).")
-    return Diagnosis("layout", summary, {
-        "permutation": label,
-        "axes": list(perm),
-        "mode": mode,
-        "rel_l2": err,
-        "direct_rel_l2": direct,
-    })
+    summary = (
+        f"Layout mix-up: {how}; after undoing that permutation it matches the reference "
+        f"(rel L2 {err:.3g} vs {direct:.3g} compared directly)."
+    )
+    return Diagnosis(
+        "layout",
+        summary,
+        {
+            "permutation": label,
+            "axes": list(perm),
+            "mode": mode,
+            "rel_l2": err,
+            "direct_rel_l2": direct,
+        },
+    )
 
 
 def _constant_per_channel(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
@@ -287,19 +345,29 @@ def _constant_per_channel(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
     values = ts[: min(rows, r.shape[1]), 0]  # the constant of each channel of the first sample
     all_zero = bool(np.all(ts == 0))
     shown = ", ".join(f"{v:.4g}" for v in values[:4]) + (", ..." if values.size > 4 else "")
-    summary = (f"The target is constant over the spatial positions of every channel (max per-channel std "
-               f"{float(t_std.max()):.3g}) while {100 * varies:.3g}% of reference channels vary (median std "
-               f"{float(np.median(r_std)):.3g}); " + ("the output is all zero: the kernel wrote nothing or got a "
-               "zero input." if all_zero else f"channel values [{shown}] look like a bias added to a zero input."))
-    return Diagnosis("constant_per_channel", summary, {
-        "target_channel_std_max": float(t_std.max()),
-        "ref_channel_std_median": float(np.median(r_std)),
-        "ref_channel_std_max": float(r_std.max()),
-        "ref_varying_channel_fraction": varies,
-        "channels": int(r.shape[1]),
-        "target_channel_values": [float(v) for v in values[:16]],
-        "all_zero": all_zero,
-    })
+    summary = (
+        f"The target is constant over the spatial positions of every channel (max per-channel std "
+        f"{float(t_std.max()):.3g}) while {100 * varies:.3g}% of reference channels vary (median std "
+        f"{float(np.median(r_std)):.3g}); "
+        + (
+            "the output is all zero: the kernel wrote nothing or got a zero input."
+            if all_zero
+            else f"channel values [{shown}] look like a bias added to a zero input."
+        )
+    )
+    return Diagnosis(
+        "constant_per_channel",
+        summary,
+        {
+            "target_channel_std_max": float(t_std.max()),
+            "ref_channel_std_median": float(np.median(r_std)),
+            "ref_channel_std_max": float(r_std.max()),
+            "ref_varying_channel_fraction": varies,
+            "channels": int(r.shape[1]),
+            "target_channel_values": [float(v) for v in values[:16]],
+            "all_zero": all_zero,
+        },
+    )
 
 
 def _border(r: np.ndarray, bad: np.ndarray, tol: Tolerance) -> Diagnosis | None:
@@ -325,19 +393,25 @@ def _border(r: np.ndarray, bad: np.ndarray, tol: Tolerance) -> Diagnosis | None:
         "right": int(np.count_nonzero(bad[..., :, -1])),
     }
     sides = ", ".join(f"{k} {v}" for k, v in per_side.items() if v)
-    summary = (f"{100 * share:.3g}% of the {n_bad} mismatching elements lie on the spatial border (first/last row "
-               f"or column, {100 * area:.3g}% of elements; {sides}): a padding fault.")
-    return Diagnosis("border", summary, {
-        "mismatches": n_bad,
-        "mismatches_on_border": on_edge,
-        "border_share_of_mismatches": share,
-        "border_share_of_elements": area,
-        "per_side": per_side,
-        "height": int(h),
-        "width": int(w),
-        "atol": tol.atol,
-        "rtol": tol.rtol,
-    })
+    summary = (
+        f"{100 * share:.3g}% of the {n_bad} mismatching elements lie on the spatial border (first/last row "
+        f"or column, {100 * area:.3g}% of elements; {sides}): a padding fault."
+    )
+    return Diagnosis(
+        "border",
+        summary,
+        {
+            "mismatches": n_bad,
+            "mismatches_on_border": on_edge,
+            "border_share_of_mismatches": share,
+            "border_share_of_elements": area,
+            "per_side": per_side,
+            "height": int(h),
+            "width": int(w),
+            "atol": tol.atol,
+            "rtol": tol.rtol,
+        },
+    )
 
 
 def _int_mismatch(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
@@ -351,19 +425,25 @@ def _int_mismatch(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
     rmin, rmax = rf.min().item(), rf.max().item()
     outside = int(np.count_nonzero((tf < rmin) | (tf > rmax))) if t.dtype.kind != "b" else 0
     ex = examples[0]
-    summary = (f"The {r.dtype} output differs at {100 * n / r.size:.3g}% of elements ({n}/{r.size}); e.g. index "
-               f"{tuple(ex['index'])}: reference {ex['ref']}, target {ex['target']}"
-               + (f"; {outside} target values lie outside the reference range [{rmin}, {rmax}]." if outside else "."))
-    return Diagnosis("int_mismatch", summary, {
-        "mismatches": n,
-        "fraction": n / r.size,
-        "examples": examples,
-        "ref_dtype": str(r.dtype),
-        "target_dtype": str(t.dtype),
-        "ref_range": [rmin, rmax],
-        "target_range": [tf.min().item(), tf.max().item()],
-        "outside_ref_range": outside,
-    })
+    summary = (
+        f"The {r.dtype} output differs at {100 * n / r.size:.3g}% of elements ({n}/{r.size}); e.g. index "
+        f"{tuple(ex['index'])}: reference {ex['ref']}, target {ex['target']}"
+        + (f"; {outside} target values lie outside the reference range [{rmin}, {rmax}]." if outside else ".")
+    )
+    return Diagnosis(
+        "int_mismatch",
+        summary,
+        {
+            "mismatches": n,
+            "fraction": n / r.size,
+            "examples": examples,
+            "ref_dtype": str(r.dtype),
+            "target_dtype": str(t.dtype),
+            "ref_range": [rmin, rmax],
+            "target_range": [tf.min().item(), tf.max().item()],
+            "outside_ref_range": outside,
+        },
+    )
 
 
 def _metrics_nonfinite(m: TensorMetrics) -> Diagnosis | None:
@@ -371,11 +451,20 @@ def _metrics_nonfinite(m: TensorMetrics) -> Diagnosis | None:
     extra_nan, extra_inf = m.nan_target - m.nan_ref, m.inf_target - m.inf_ref
     if extra_nan <= 0 and extra_inf <= 0:
         return None
-    summary = (f"The target output {m.name!r} has {m.nan_target} NaN and {m.inf_target} inf vs {m.nan_ref} and "
-               f"{m.inf_ref} in the reference (arrays not available to tell overflow from a NaN bug).")
-    return Diagnosis("nan_inf", summary, {
-        "nan_target": m.nan_target, "nan_ref": m.nan_ref, "inf_target": m.inf_target, "inf_ref": m.inf_ref,
-    })
+    summary = (
+        f"The target output {m.name!r} has {m.nan_target} NaN and {m.inf_target} inf vs {m.nan_ref} and "
+        f"{m.inf_ref} in the reference (arrays not available to tell overflow from a NaN bug)."
+    )
+    return Diagnosis(
+        "nan_inf",
+        summary,
+        {
+            "nan_target": m.nan_target,
+            "nan_ref": m.nan_ref,
+            "inf_target": m.inf_target,
+            "inf_ref": m.inf_ref,
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -437,27 +526,38 @@ def _depth_profile(depth_errors: Sequence[tuple[int, float]], culprit: int | Non
 
 def _precision_or_bug(depth: _Depth, isolated: float | None) -> Diagnosis | None:
     iso = isolated if isolated is not None and math.isfinite(isolated) else None
-    ev = {**depth.evidence(), "isolated_rel_l2": iso}
+    ev = {k: v for k, v in {**depth.evidence(), "isolated_rel_l2": iso}.items() if v is not None}
+    if not depth.points:
+        ev.pop("depth_points", None)
     gradual = (
-        depth.positive >= 3 and depth.slope is not None and depth.slope > 0
-        and depth.largest_step is not None and depth.largest_step <= JUMP_FACTOR
+        depth.positive >= 3
+        and depth.slope is not None
+        and depth.slope > 0
+        and depth.largest_step is not None
+        and depth.largest_step <= JUMP_FACTOR
     )
     if gradual and iso is not None and iso < ISOLATED_SMALL:
-        summary = (f"Precision drift, not a kernel bug: the error grows smoothly with depth ({depth.slope:.3g} "
-                   f"decades/op over {len(depth.points)} probes, largest step x{depth.largest_step:.3g}/op "
-                   f"<= x{JUMP_FACTOR:g}) and the op alone on reference inputs is off by only rel L2 {iso:.3g} "
-                   f"(fp16 rounding scale).")
+        summary = (
+            f"Precision drift, not a kernel bug: the error grows smoothly with depth ({depth.slope:.3g} "
+            f"decades/op over {len(depth.points)} probes, largest step x{depth.largest_step:.3g}/op "
+            f"<= x{JUMP_FACTOR:g}) and the op alone on reference inputs is off by only rel L2 {iso:.3g} "
+            f"(fp16 rounding scale)."
+        )
         return Diagnosis("precision_accumulation", summary, ev)
     jump = depth.culprit_jump if depth.culprit_jump is not None else depth.largest_step
     if (iso is not None and iso >= ISOLATED_LARGE) or (jump is not None and jump > JUMP_FACTOR):
         parts = []
         if jump is not None and jump > JUMP_FACTOR:
             before = depth.before if depth.culprit_jump is not None else None
-            parts.append(f"the error jumps x{jump:.3g} at this op"
-                         + (f" (rel L2 {before:.3g} -> {depth.after:.3g})" if before is not None else ""))
+            parts.append(
+                f"the error jumps x{jump:.3g} at this op"
+                + (f" (rel L2 {before:.3g} -> {depth.after:.3g})" if before is not None else "")
+            )
         if iso is not None:
-            parts.append(f"the op alone on reference inputs is off by rel L2 {iso:.3g}"
-                         + (" (so the op amplifies upstream error)" if iso < ISOLATED_SMALL else ""))
+            parts.append(
+                f"the op alone on reference inputs is off by rel L2 {iso:.3g}"
+                + (" (so the op amplifies upstream error)" if iso < ISOLATED_SMALL else "")
+            )
         summary = "Kernel bug: " + " and ".join(parts) + "."
         return Diagnosis("kernel_bug", summary, {**ev, "jump_factor": jump})
     return None
@@ -468,8 +568,12 @@ def _precision_or_bug(depth: _Depth, isolated: float | None) -> Diagnosis | None
 
 
 def _fallback(
-    ref: np.ndarray | None, target: np.ndarray | None, tol: Tolerance, metrics: TensorMetrics | None,
-    depth: _Depth, isolated: float | None,
+    ref: np.ndarray | None,
+    target: np.ndarray | None,
+    tol: Tolerance,
+    metrics: TensorMetrics | None,
+    depth: _Depth,
+    isolated: float | None,
 ) -> Diagnosis:
     ev: dict[str, Any] = _metric_evidence(metrics)
     if not ev and ref is not None and target is not None:
@@ -501,10 +605,6 @@ def _metric_evidence(m: TensorMetrics | None) -> dict[str, Any]:
     return {"tensor": m.name, **{k: getattr(m, k) for k in keys if getattr(m, k) is not None}}
 
 
-def _metric_tail(m: TensorMetrics | None) -> str:
-    return f" (this run: rel L2 {m.rel_l2:.3g})" if m is not None and m.rel_l2 is not None else ""
-
-
 def _array_stats(r: np.ndarray, t: np.ndarray, tol: Tolerance) -> dict[str, Any]:
     if r.size != t.size or r.size == 0 or r.dtype.kind not in "fiub" or t.dtype.kind not in "fiub":
         return {}
@@ -517,6 +617,14 @@ def _array_stats(r: np.ndarray, t: np.ndarray, tol: Tolerance) -> dict[str, Any]
             out["rel_l2"] = _rel_l2(r64[ok], t64[ok])
             out["max_abs"] = float(np.max(np.abs(t64[ok] - r64[ok])))
     return out
+
+
+def _scaled_tolerance(tol: Tolerance, ref: np.ndarray) -> Tolerance:
+    """As compare.py (scale_atol): atol times the reference RMS when that exceeds 1 (fp16 error scales with |x|)."""
+    flat = np.asarray(ref, dtype=np.float64).reshape(-1)
+    flat = flat[np.isfinite(flat)]
+    rms = float(np.sqrt(np.dot(flat, flat) / flat.size)) if flat.size else 0.0
+    return Tolerance(tol.atol * rms, tol.rtol) if rms > 1.0 else tol
 
 
 def _rel_l2(r: np.ndarray, t: np.ndarray) -> float:

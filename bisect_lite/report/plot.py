@@ -58,7 +58,7 @@ def plot_error_vs_depth(
     lo = min([ZERO_FLOOR, *finite])
     hi = max([1.0, *finite, *([tolerance] if tolerance else [])])
     top = hi * 10  # crashes and inf errors sit above every real value
-    bottom = lo / 3
+    bottom = lo / 3  # skips sit below every real value
 
     # Object API with an explicit Agg canvas: no pyplot global state, safe in threads and headless.
     fig = Figure(figsize=(9, 4.5), dpi=110)
@@ -66,10 +66,17 @@ def plot_error_vs_depth(
     ax = fig.add_subplot(1, 1, 1)
     ax.set_yscale("log")
     if tolerance and tolerance > 0:
-        ax.axhspan(bottom, tolerance, color="#2ca02c", alpha=0.07, lw=0)
+        ax.axhspan(bottom / 3, tolerance, color="#2ca02c", alpha=0.07, lw=0)
         ax.axhline(tolerance, color="#2ca02c", ls=":", lw=1)
-        ax.text(0.005, tolerance, f" tolerance {tolerance:g}", transform=ax.get_yaxis_transform(), va="bottom",
-                fontsize=8, color="#2ca02c")
+        ax.text(
+            0.005,
+            tolerance,
+            f" tolerance {tolerance:g}",
+            transform=ax.get_yaxis_transform(),
+            va="bottom",
+            fontsize=8,
+            color="#2ca02c",
+        )
 
     for verdict, (colour, marker, label) in VERDICT_STYLE.items():
         for main in (True, False):
@@ -88,19 +95,34 @@ def plot_error_vs_depth(
                 xs.append(int(p["cut"]))
                 ys.append(y)
             ax.scatter(
-                xs, ys, marker=marker, s=46, zorder=3,
-                facecolors=colour if main else "none", edgecolors=colour, linewidths=1.2,
+                xs,
+                ys,
+                marker=marker,
+                s=46,
+                zorder=3,
+                facecolors=colour if main else "none",
+                edgecolors=colour,
+                linewidths=1.2,
                 label=label if main else f"{label}, later segment",
             )
 
     for c in culprits:
         ax.axvline(c, color="#d62728", ls="--", lw=1, alpha=0.8, zorder=2)
         name = f"op {c}" + (f" {op_types[c]}" if op_types and 0 <= c < len(op_types) else "")
-        ax.text(c, 0.98, f" {name}", transform=ax.get_xaxis_transform(), rotation=90, va="top", ha="right",
-                fontsize=8, color="#d62728")
+        ax.text(
+            c,
+            0.98,
+            f" {name}",
+            transform=ax.get_xaxis_transform(),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize=8,
+            color="#d62728",
+        )
 
     ax.set_xlim(-1, max(n_ops, 1))
-    ax.set_ylim(bottom, top * 3)
+    ax.set_ylim(bottom / 3, top * 3)
     ax.set_xlabel("cut (op index in execution order)")
     ax.set_ylabel("worst rel L2 of the probe")
     ax.set_title(title, fontsize=10)

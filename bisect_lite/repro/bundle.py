@@ -33,8 +33,13 @@ def export_onnx_isolated(model_dir: Path, out_file: Path, timeout: float = 180.0
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run([sys.executable, "-c", EXPORT_ONNX, str(model_dir), str(out_file)], env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [sys.executable, "-c", EXPORT_ONNX, str(model_dir), str(out_file)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return False, f"paddle2onnx did not finish within {timeout:g} s"
     if proc.returncode == 0 and out_file.exists():
@@ -43,8 +48,14 @@ def export_onnx_isolated(model_dir: Path, out_file: Path, timeout: float = 180.0
     return False, "paddle2onnx could not convert it: " + (lines[-1] if lines else f"exit code {proc.returncode}")
 
 
-def repro_facts(found: dict[str, Any], entry: dict[str, Any], source: Model, ref: EngineRunner,
-                target: EngineRunner, tolerance: dict[str, Any]) -> dict[str, Any]:
+def repro_facts(
+    found: dict[str, Any],
+    entry: dict[str, Any],
+    source: Model,
+    ref: EngineRunner,
+    target: EngineRunner,
+    tolerance: dict[str, Any],
+) -> dict[str, Any]:
     sub: Model = found["model"]
     culprit = source.ops[entry["index"]]
     cmp = found.get("comparison")
@@ -52,7 +63,9 @@ def repro_facts(found: dict[str, Any], entry: dict[str, Any], source: Model, ref
         "bisect_lite": __version__,
         "status": "crash" if entry.get("status") == "crash" else "mismatch",
         "op": {
-            "type": culprit.type, "index": culprit.index, "attrs": entry["attrs"],
+            "type": culprit.type,
+            "index": culprit.index,
+            "attrs": entry["attrs"],
             "inputs": {s: [tensor_info(source, a) for a in args] for s, args in culprit.inputs.items() if args},
             "outputs": {s: [tensor_info(source, a) for a in args] for s, args in culprit.outputs.items() if args},
         },
@@ -65,14 +78,22 @@ def repro_facts(found: dict[str, Any], entry: dict[str, Any], source: Model, ref
         "diagnosis": entry["diagnosis"],
         "message": found.get("message", ""),
         "source": {"model": str(source.source), "op_index": culprit.index, "ops": len(source.ops)},
-        "inputs": {n: {"shape": list(found["inputs"][n].shape), "dtype": str(found["inputs"][n].dtype)}
-                   for n in sub.feeds},
+        "inputs": {
+            n: {"shape": list(found["inputs"][n].shape), "dtype": str(found["inputs"][n].dtype)} for n in sub.feeds
+        },
         "fetches": list(sub.fetches),
     }
 
 
-def write_bundle(directory: Path, found: dict[str, Any], entry: dict[str, Any], ref: EngineRunner,
-                 target: EngineRunner, source: Model, tolerance: dict[str, Any]) -> Path:
+def write_bundle(
+    directory: Path,
+    found: dict[str, Any],
+    entry: dict[str, Any],
+    ref: EngineRunner,
+    target: EngineRunner,
+    source: Model,
+    tolerance: dict[str, Any],
+) -> Path:
     from bisect_lite.repro.issue import render_issue
 
     facts = repro_facts(found, entry, source, ref, target, tolerance)

@@ -36,10 +36,17 @@ class VerifyResult:
         return self.status == "fixed"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repro": str(self.repro), "op": self.op, "target": self.target, "reference": self.reference,
-                "status": self.status, "passed": self.passed, "message": self.message,
-                "seconds": round(self.seconds, 3),
-                "comparison": self.comparison.to_dict() if self.comparison else None}
+        return {
+            "repro": str(self.repro),
+            "op": self.op,
+            "target": self.target,
+            "reference": self.reference,
+            "status": self.status,
+            "passed": self.passed,
+            "message": self.message,
+            "seconds": round(self.seconds, 3),
+            "comparison": self.comparison.to_dict() if self.comparison else None,
+        }
 
 
 def find_repros(paths: list[Path]) -> list[Path]:
@@ -79,9 +86,15 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: unreadable ({exc})") from None
 
 
-def verify_repros(paths: list[Path], *, ref: str | None = None, target: str | None = None,
-                  compare: CompareConfig | None = None, timeout: float = DEFAULT_TIMEOUT,
-                  verbose: bool = False) -> list[VerifyResult]:
+def verify_repros(
+    paths: list[Path],
+    *,
+    ref: str | None = None,
+    target: str | None = None,
+    compare: CompareConfig | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    verbose: bool = False,
+) -> list[VerifyResult]:
     """Run each repro's target (recorded, or `target`) against its expected outputs (recorded, or recomputed
     with `ref`). Never uses cached results: a verification must run the build under test."""
     repros = find_repros(paths)
@@ -119,14 +132,25 @@ def verify_repros(paths: list[Path], *, ref: str | None = None, target: str | No
             result = runner(target_spec).run(model, inputs, use_cache=False)
             op = f"{facts['op']['type']} (op {facts['op']['index']})"
             if not result.ok:
-                results.append(VerifyResult(repro, op, target_spec, ref_spec, "crash", result.message,
-                                            time.perf_counter() - start))
+                results.append(
+                    VerifyResult(repro, op, target_spec, ref_spec, "crash", result.message, time.perf_counter() - start)
+                )
                 continue
             cmp = compare_outputs(expected, result.outputs, config, names=list(model.fetches))
             worst = cmp.worst()
             message = "" if cmp.passed else (worst.reason if worst else "missing outputs: " + ", ".join(cmp.missing))
-            results.append(VerifyResult(repro, op, target_spec, ref_spec, "fixed" if cmp.passed else "failing",
-                                        message, time.perf_counter() - start, cmp))
+            results.append(
+                VerifyResult(
+                    repro,
+                    op,
+                    target_spec,
+                    ref_spec,
+                    "fixed" if cmp.passed else "failing",
+                    message,
+                    time.perf_counter() - start,
+                    cmp,
+                )
+            )
     finally:
         for r in runners.values():
             r.close()
@@ -138,16 +162,18 @@ def write_junit(path: Path, results: list[VerifyResult]) -> None:
     failures = sum(r.status == "failing" for r in results)
     errors = sum(r.status == "crash" for r in results)
     total = sum(r.seconds for r in results)
-    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
-             f'<testsuite name="bisect-lite verify" tests="{len(results)}" failures="{failures}" '
-             f'errors="{errors}" time="{total:.3f}">']
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuite name="bisect-lite verify" tests="{len(results)}" failures="{failures}" '
+        f'errors="{errors}" time="{total:.3f}">',
+    ]
     for r in results:
         name = quoteattr(f"{r.repro.name}: {r.op} on {r.target}")
         lines.append(f'  <testcase classname="bisect_lite.verify" name={name} time="{r.seconds:.3f}">')
         if r.status == "failing":
-            lines.append(f'    <failure message={quoteattr(r.message[:500])}>{escape(r.message)}</failure>')
+            lines.append(f"    <failure message={quoteattr(r.message[:500])}>{escape(r.message)}</failure>")
         elif r.status == "crash":
-            lines.append(f'    <error message={quoteattr(r.message[:500])}>{escape(r.message)}</error>')
+            lines.append(f"    <error message={quoteattr(r.message[:500])}>{escape(r.message)}</error>")
         lines.append("  </testcase>")
     lines.append("</testsuite>")
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -232,9 +232,7 @@ class _Search:
         top = self.latest.get(self.m - 1)
         if top is not None and self.kind(top) == _GOOD:
             res.last_good = self.pts[-1]
-            res.contradictions.append(
-                f"cut {self.pts[-1]} (the whole model) passed, so there is no failure to bisect"
-            )
+            res.contradictions.append(f"cut {self.pts[-1]} (the whole model) passed, so there is no failure to bisect")
             return res
         if top is not None and self.kind(top) == _SKIP:
             res.notes.append(f"the whole model's probe was {top.status.value}; assuming it fails anyway")
@@ -324,9 +322,7 @@ class _Search:
             why = [f"{_brief(skipped)} inconclusive"] if skipped else []
             if len(skipped) < len(open_cuts):
                 why.append(f"{len(open_cuts) - len(skipped)} not probed")
-            res.notes.append(
-                f"the exact op is ambiguous between {lo_pos + 1} and {p[hi]}: cuts {'; '.join(why)}"
-            )
+            res.notes.append(f"the exact op is ambiguous between {lo_pos + 1} and {p[hi]}: cuts {'; '.join(why)}")
 
 
 def _brief(positions: list[int], limit: int = 8) -> str:

@@ -1,0 +1,371 @@
+"""report.md: the report.json of a run, written for people (verdict first, then evidence, then the log)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+# Attributes that describe the program, not the computation: left out of op tables.
+HIDDEN_ATTRS = frozenset({"op_callstack", "op_namescope", "op_device", "with_quant_attr"})
+_MAX_CELL = 120
+
+METRIC_COLUMNS = (
+    ("max abs", "max_abs"),
+    ("max rel", "max_rel"),
+    ("rel L2", "rel_l2"),
+    ("cosine", "cosine"),
+    ("over tol", "mismatch_fraction"),
+    ("min atol", "min_atol"),
+    ("min rtol", "min_rtol"),
+)
+
+
+def render_report(report: Mapping[str, Any], plot_file: str | None) -> str:
+    """Render the report.json dict as Markdown.  ``plot_file``: the PNG path relative to report.md, or None."""
+    out: list[str] = []
+    culprits = list(report.get("culprits") or [])
+    probes = list(report.get("probes") or [])
+    op_types = _op_types(report, culprits)
+
+    out.append(f"# bisect-lite report: `{report.get('model', '?')}`")
+    out.append("")
+    out.append(_verdict_line(report, culprits))
+    out.append("")
+    out.extend(_context(report))
+
+    if culprits:
+        for n, c in enumerate(culprits, 1):
+            out.extend(_culprit_section(n, len(culprits), c))
+    elif report.get("verdict") != "match":
+        out += [
+            "## Culprit",
+            "",
+            "No culprit op could be pinned down; the probe log and notes below show how far the search got.",
+            "",
+        ]
+
+    if probes:
+        out += ["## Error vs depth", ""]
+        if plot_file:
+            out.append(f"![worst rel L2 per probe against the cut op index]({plot_file})")
+        else:
+            out.append("_Plot skipped: matplotlib is not installed (`pip install matplotlib` to get it)._")
+        out.append("")
+
+    out.extend(_full_model(report))
+    out.extend(_probe_log(probes, op_types))
+    out.extend(_statistics(report, probes))
+    notes = [str(n) for n in report.get("notes") or []]
+    if notes:
+        out += ["## Notes", "", *[f"- {_one_line(n, 1000)}" for n in notes], ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sections
+
+
+def _verdict_line(report: Mapping[str, Any], culprits: list[Mapping[str, Any]]) -> str:
+    verdict = str(report.get("verdict", "?"))
+    target = _engine(report, "target")
+    reference = _engine(report, "reference")
+    if verdict == "match":
+        return (
+            f"**Verdict: match** — `{target}` agrees with `{reference}` on the full model within tolerance; "
+            "there was nothing to bisect."
+        )
+    what = "crashes on" if verdict == "crash" else "differs from the reference on"
+    head = f"**Verdict: {verdict}** — `{target}` {what} the full model"
+    if not culprits:
+        return head + "; no culprit op was isolated."
+    named = ", ".join(f"op #{c.get('index')} `{c.get('type', '?')}` ({_kind_of(c)})" for c in culprits)
+    first = "the first op to blame is" if len(culprits) == 1 else f"{len(culprits)} culprits, in order:"
+    return f"{head}; {first} {named}."
+
+
+def _context(report: Mapping[str, Any]) -> list[str]:
+    rows = [
+        ("Model", f"`{report.get('model', '?')}` ({report.get('ops', '?')} ops)"),
+        ("Reference", _engine_facts(report.get("reference"))),
+        ("Target", _engine_facts(report.get("target"))),
+        ("Inputs", _esc(str(report.get("inputs", "—")))),
+        ("Tolerance", _esc(_kv(report.get("tolerance") or {}))),
+        ("Tool", _esc(str(report.get("tool", "bisect-lite")))),
+    ]
+    out = ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    for side in ("target", "reference"):
+        if report.get(f"{side}_nondeterministic"):
+            out.append(
+                f"> **Warning:** the {side} engine gave different outputs for the same inputs on repeated "
+                "runs; probes near the tolerance may be flaky."
+            )
+            out.append("")
+    return out
+
+
+def _culprit_section(n: int, total: int, c: Mapping[str, Any]) -> list[str]:
+    idx, typ = c.get("index"), c.get("type", "?")
+    title = f"## Culprit {n} of {total}: op #{idx} `{typ}`" if total > 1 else f"## Culprit: op #{idx} `{typ}`"
+    out = [title, ""]
+    kind = c.get("kind", "op")
+    ops = list(c.get("ops") or [])
+    if kind == "subgraph":
+        out.append(
+            f"Blamed as a subgraph of {len(ops)} ops ({_ops(ops)}): it could not be split further "
+            "(a fused group, or cuts inside it could not be evaluated)."
+        )
+    elif kind == "context":
+        out.append(
+            f"Blamed with its context ({_ops(ops) or 'this op'}): the op fails only inside the model, "
+            "not when run alone on reference inputs."
+        )
+    else:
+        out.append("Blamed as a single op.")
+    out.append("")
+    out += ["| | |", "|---|---|"]
+    out.append(f"| inputs | {_slots(c.get('inputs'))} |")
+    out.append(f"| outputs | {_slots(c.get('outputs'))} |")
+    attrs = visible_attrs(c.get("attrs") or {})
+    if attrs:
+        out.append(f"| attributes | {_esc(_kv(attrs))} |")
+    out.append("")
+
+    diag = c.get("diagnosis") or {}
+    if diag:
+        out.append(f"**Diagnosis: `{diag.get('kind', '?')}`** — {_one_line(str(diag.get('summary', '')), 2000)}")
+        out.append("")
+        evidence = diag.get("evidence") or {}
+        if evidence:
+            out += ["| evidence | value |", "|---|---|"]
+            out += [f"| {_esc(str(k))} | {_esc(_value(v))} |" for k, v in evidence.items()]
+            out.append("")
+
+    isolated = c.get("isolated")
+    if isolated:
+        out.append("The op alone, fed the reference engine's inputs:")
+        out.append("")
+        out.extend(_metrics_table(isolated.get("tensors") or [], isolated.get("missing") or []))
+
+    repro = c.get("repro")
+    if repro:
+        out += [
+            f"**Standalone repro:** `{repro}` (ISSUE.md inside is ready to file). Check it with:",
+            "",
+            "```sh",
+            f"bisect-lite verify {_shell_quote(str(repro))}",
+            "```",
+            "",
+        ]
+    else:
+        out += ["_No repro bundle was written for this culprit._", ""]
+    notes = [str(x) for x in c.get("notes") or []]
+    if notes:
+        out += [*[f"- {_one_line(x, 1000)}" for x in notes], ""]
+    return out
+
+
+def _full_model(report: Mapping[str, Any]) -> list[str]:
+    full = report.get("full_model") or {}
+    comp = full.get("comparison") if isinstance(full, Mapping) else None
+    out = ["## Full-model comparison", ""]
+    if not comp:
+        reason = "the target crashed" if report.get("verdict") == "crash" else "not available"
+        return [*out, f"_No comparison: {reason}._", ""]
+    status = "all outputs pass" if comp.get("passed") else f"failing: {', '.join(comp.get('failing') or [])}"
+    out += [_esc(status), ""]
+    out.extend(_metrics_table(comp.get("tensors") or [], comp.get("missing") or []))
+    return out
+
+
+def _probe_log(probes: list[Mapping[str, Any]], op_types: Mapping[int, str]) -> list[str]:
+    out = ["## Probe log", ""]
+    if not probes:
+        return [*out, "_No probes were run._", ""]
+    out += [
+        "Each probe runs the model cut after op `cut` on both engines (like `git bisect`: pass = good, "
+        "fail/crash = bad, skip = could not be evaluated). Segment > 0: a search resumed after an earlier "
+        "culprit.",
+        "",
+    ]
+    out += [
+        "| # | segment | cut | op at cut | verdict | blame | worst tensor | worst rel L2 | s | message |",
+        "|---:|---:|---:|---|---|---:|---|---:|---:|---|",
+    ]
+    for n, p in enumerate(probes, 1):
+        cut = p.get("cut")
+        verdict = str(p.get("verdict", "?"))
+        shown = {"fail": "**fail**", "crash": "**crash**"}.get(verdict, verdict)
+        worst = _worst_tensor(p.get("metrics") or [])
+        blame = p.get("blame")
+        out.append(
+            f"| {n} | {p.get('segment', 0)} | {cut} | {_esc(op_types.get(cut, '')) if isinstance(cut, int) else ''} "
+            f"| {shown} | {'' if blame is None else blame} | {_esc(worst)} | {_num(p.get('worst_rel_l2'))} "
+            f"| {_num(p.get('seconds'), 3)} | {_esc(_one_line(str(p.get('message') or ''), 80))} |"
+        )
+    out.append("")
+    return out
+
+
+def _statistics(report: Mapping[str, Any], probes: list[Mapping[str, Any]]) -> list[str]:
+    n_ops = report.get("ops")
+    bound = math.ceil(math.log2(n_ops)) if isinstance(n_ops, int) and n_ops > 1 else None
+    expected = report.get("expected_probes", bound)
+    out = ["## Run statistics", ""]
+    out.append(
+        f"- Target engine runs: {report.get('target_runs', '?')} (a plain bisection over {n_ops} ops needs "
+        f"about {expected}"
+        + (f"; ceil(log2 {n_ops}) = {bound}" if bound is not None and bound != expected else "")
+        + ")"
+    )
+    out.append(f"- Reference engine runs: {report.get('reference_runs', '?')}")
+    verdicts: dict[str, int] = {}
+    for p in probes:
+        verdicts[str(p.get("verdict"))] = verdicts.get(str(p.get("verdict")), 0) + 1
+    if probes:
+        out.append(f"- Probes: {len(probes)} (" + ", ".join(f"{v} {k}" for k, v in verdicts.items()) + ")")
+    total, engines = report.get("seconds"), report.get("engine_seconds")
+    if isinstance(total, (int, float)) and isinstance(engines, (int, float)) and total > 0:
+        out.append(
+            f"- Time: {engines:.1f} s in the engines of {total:.1f} s total ({100 * engines / total:.0f}%), "
+            f"{max(total - engines, 0.0):.1f} s in bisect-lite itself"
+        )
+    elif isinstance(total, (int, float)):
+        out.append(f"- Time: {total:.1f} s total")
+    out.append("")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def _metrics_table(tensors: Sequence[Mapping[str, Any]], missing: Iterable[str]) -> list[str]:
+    head = "| tensor | result | " + " | ".join(c for c, _ in METRIC_COLUMNS) + " | NaN t/r | inf t/r | reason |"
+    sep = "|---|---|" + "---:|" * len(METRIC_COLUMNS) + "---:|---:|---|"
+    out = [head, sep]
+    for t in tensors:
+        cells = [f"`{_esc(str(t.get('name', '?')))}`", "pass" if t.get("passed") else "**FAIL**"]
+        for _, key in METRIC_COLUMNS:
+            v = t.get(key)
+            cells.append(_pct(v) if key == "mismatch_fraction" else _num(v))
+        cells.append(f"{t.get('nan_target', 0)}/{t.get('nan_ref', 0)}")
+        cells.append(f"{t.get('inf_target', 0)}/{t.get('inf_ref', 0)}")
+        cells.append(_esc(_one_line(str(t.get("reason") or ""), _MAX_CELL)))
+        out.append("| " + " | ".join(cells) + " |")
+    for name in missing:
+        out.append(f"| `{_esc(str(name))}` | **missing** |" + " |" * (len(METRIC_COLUMNS) + 3))
+    out.append("")
+    return out
+
+
+def _op_types(report: Mapping[str, Any], culprits: list[Mapping[str, Any]]) -> dict[int, str]:
+    """Op type per index: from an optional top-level ``op_types`` list, else only the culprits are known."""
+    types = {i: str(t) for i, t in enumerate(report.get("op_types") or [])}
+    for c in culprits:
+        if isinstance(c.get("index"), int):
+            types.setdefault(c["index"], str(c.get("type", "")))
+    return types
+
+
+def _worst_tensor(metrics: Sequence[Mapping[str, Any]]) -> str:
+    failing = [m for m in metrics if not m.get("passed")]
+    if not failing:
+        return ""
+    return str(max(failing, key=lambda m: _as_float(m.get("rel_l2"), math.inf)).get("name", ""))
+
+
+def _kind_of(c: Mapping[str, Any]) -> str:
+    return str((c.get("diagnosis") or {}).get("kind", "undiagnosed"))
+
+
+def _engine(report: Mapping[str, Any], side: str) -> str:
+    return str((report.get(side) or {}).get("engine", side))
+
+
+def _engine_facts(side: Any) -> str:
+    if not isinstance(side, Mapping):
+        return "—"
+    facts = side.get("facts") or {}
+    text = f"`{side.get('engine', '?')}`"
+    return text + (f" ({_esc(_kv(facts))})" if facts else "")
+
+
+def visible_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes worth showing: program bookkeeping (callstack, role, namescope, device) left out."""
+    return {k: v for k, v in sorted(attrs.items()) if k not in HIDDEN_ATTRS and not k.startswith("op_role")}
+
+
+def _slots(slots: Any) -> str:
+    if not isinstance(slots, Mapping) or not slots:
+        return "—"
+    parts = []
+    for slot, names in slots.items():
+        names = names if isinstance(names, (list, tuple)) else [names]
+        parts.append(f"{_esc(str(slot))}: " + ", ".join(f"`{_esc(str(n))}`" for n in names))
+    return "; ".join(parts)
+
+
+def _ops(ops: Sequence[Any]) -> str:
+    if not ops:
+        return ""
+    ints = [o for o in ops if isinstance(o, int)]
+    if ints and len(ints) == len(ops) and ints == list(range(ints[0], ints[0] + len(ints))) and len(ints) > 2:
+        return f"ops {ints[0]}–{ints[-1]}"
+    return "ops " + ", ".join(str(o) for o in ops)
+
+
+def _kv(d: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={_value(v)}" for k, v in d.items())
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return _num(v)
+    if isinstance(v, (Mapping, list, tuple)):
+        text = json.dumps(v, default=str, separators=(", ", ": "))
+        return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+    return _one_line(str(v), _MAX_CELL)
+
+
+def _as_float(v: Any, default: float) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(f) else f
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    """Short number; None -> dash; "nan"/"inf" strings (compare.py's JSON encoding) pass through."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "0" if v == 0 else (str(v) if not math.isfinite(v) else f"{v:.{digits}g}")
+    return str(v)
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.3g}%" if isinstance(v, (int, float)) and not isinstance(v, bool) else _num(v)
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _esc(text: str) -> str:
+    # A '|' would end a table cell; newlines would end the row.
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _shell_quote(path: str) -> str:
+    return shlex.quote(path)
