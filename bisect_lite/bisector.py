@@ -77,8 +77,6 @@ class Probe:
 
     def to_dict(self) -> dict[str, Any]:
         worst = self.comparison.worst() if self.comparison else None
-        rel = [m.rel_l2 for m in self.comparison.tensors] if self.comparison else []
-        finite = [r for r in rel if r is not None and np.isfinite(r)]
         return {
             "segment": self.segment,
             "cut": self.cut,
@@ -86,15 +84,26 @@ class Probe:
             "verdict": STATUS_WORD[self.outcome.status],
             "blame": self.outcome.blame,
             "metrics": [m.to_dict() for m in self.comparison.tensors] if self.comparison else [],
-            "worst_rel_l2": (
-                worst.rel_l2
-                if worst and worst.rel_l2 is not None and np.isfinite(worst.rel_l2)
-                else (max(finite) if finite else None)
-            ),
+            "worst_rel_l2": _worst_error(self.comparison),
             "worst_tensor": worst.name if worst else None,
             "seconds": round(self.seconds, 4),
             "message": self.message,
         }
+
+
+def _worst_error(cmp: Comparison | None) -> float | str | None:
+    """The probe's worst rel L2; "inf" when NaN/Inf appeared where the reference is finite (JSON has no inf)."""
+    if cmp is None:
+        return None
+    worst = 0.0
+    for m in cmp.tensors:
+        nonfinite = (m.nan_target or 0) > (m.nan_ref or 0) or (m.inf_target or 0) > (m.inf_ref or 0)
+        if nonfinite or m.rel_l2 is None or not np.isfinite(m.rel_l2):
+            if not m.passed:
+                return "inf"
+            continue
+        worst = max(worst, float(m.rel_l2))
+    return "inf" if cmp.missing else worst
 
 
 class Bisector:
@@ -142,7 +151,9 @@ class Bisector:
         return ProbeOutcome(Status.FAIL, blame=blame), cmp
 
     def probe(self, start: int, cut: int) -> Probe:
-        targets = [t for t in frontier(self.model, cut) if self.model.producers.get(t, -1) >= start]
+        targets = [
+            t for t in frontier(self.model, cut) if self.model.producers.get(t, -1) >= start and t in self.values
+        ]
         if not targets:
             return Probe(start, cut, [], ProbeOutcome(Status.SKIP, detail="nothing to fetch"), None, 0.0)
         sub = self.segment_model(start, targets)
@@ -206,6 +217,7 @@ class Bisector:
         culprit = start + result.first_bad
         info: dict[str, Any] = {
             "index": culprit,
+            "segment": start,
             "status": STATUS_WORD[hunted],
             "flaky": result.flaky,
             "linear_refined": result.linear_refined,
@@ -226,6 +238,8 @@ class Bisector:
     ) -> dict[str, Any] | None:
         """Run ops alone, fed with reference values; None when the reference cannot run them."""
         sub = model or extract(self.model, ops)
+        if inputs is None and any(f not in self.values for f in sub.feeds):
+            return None  # fed by a tensor the reference cannot return
         feeds = inputs or self.values.get_many(sub.feeds)
         ref = self.ref.run(sub, feeds)
         if not ref.ok:
@@ -408,6 +422,7 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         report["engine_seconds"] = round(ref.engine_seconds + target.engine_seconds, 3)
         report["target_runs"] = target.runs
         report["reference_runs"] = ref.runs
+        report["target_cache_hits"] = target.cache_hits
         emit("phase", {"name": "repro", "detail": "writing repro bundles"})
         for i, (found, entry) in enumerate(report.pop("_found")):
             name = "repro" if i == 0 else f"repro-{i + 1}"
@@ -450,6 +465,11 @@ def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict
     else:
         job.values.load_flags()
     report["reference_nondeterministic"] = bool(job.values.nondeterministic)
+    if job.values.unobservable:
+        job.notes.append(
+            f"the reference cannot return {len(job.values.unobservable)} tensors "
+            f"({', '.join(job.values.unobservable[:4])}); probes never compare them"
+        )
     if job.values.nondeterministic:
         job.notes.append(
             f"the reference differs between two runs at {len(job.values.nondeterministic)} tensors "
@@ -535,9 +555,9 @@ def _culprit_entry(job: Bisector, found: dict[str, Any], confirmed: dict[str, An
         ref_arr = confirmed["expected"].get(worst.name)
         tgt_arr = confirmed["actual"].get(worst.name)
     depth = [
-        (p.cut, p.to_dict()["worst_rel_l2"] or 0.0)
+        (p.cut, float(e))
         for p in job.probes
-        if p.segment == found.get("segment", 0) and p.comparison is not None
+        if p.segment == found["segment"] and (e := _worst_error(p.comparison)) is not None
     ]
     status = "crash" if found["status"] == "crash" else "ok"
     diag = diagnose(

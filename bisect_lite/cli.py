@@ -343,9 +343,10 @@ def parse_size(text: str) -> int:
 
 def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
     verdict = report["verdict"]
+    cached = f" + {report['target_cache_hits']} from cache" if report["target_cache_hits"] else ""
     runs = (
         f"{report['search_probes']} search probes (log2 bound {report['expected_probes']}), "
-        f"{report['target_runs']} target runs in all, {report['seconds']:.1f} s"
+        f"{report['target_runs']} target runs in all{cached}, {report['seconds']:.1f} s"
     )
     if verdict == "match":
         out.print(

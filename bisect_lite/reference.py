@@ -58,6 +58,7 @@ class ReferenceValues:
         index_file = directory / "index.json"
         self.index: dict[str, str] = json.loads(index_file.read_text()) if index_file.exists() else {}
         self.nondeterministic: list[str] = []
+        self.unobservable: list[str] = []  # tensors the reference engine cannot return
         self._open: OrderedDict[str, np.lib.npyio.NpzFile] = OrderedDict()
 
     @property
@@ -84,39 +85,56 @@ class ReferenceValues:
     def compute(
         self, model: Model, runner: EngineRunner, budget: int, on_batch: Callable[[int, int], None] | None = None
     ) -> None:
-        """Run the reference on every comparable tensor, twice (a determinism check), and spill to disk."""
+        """Run the reference on every comparable tensor, twice (a determinism check), and spill to disk.
+
+        A batch the engine cannot fetch (e.g. an output its converter drops) is split until the offending tensors
+        are isolated; those are recorded as unobservable and never compared. The full model must run.
+        """
         from bisect_lite.bisector import same_values
 
         names = [t for _, t in model.data_tensors()]
-        batches = plan_batches(model, names, max(budget // 2, 1))
+        pending = plan_batches(model, names, max(budget // 2, 1))
         self.directory.mkdir(parents=True, exist_ok=True)
         index: dict[str, str] = {}
-        for i, batch in enumerate(batches):
+        done = 0
+        first_failure = ""
+        while pending:
+            batch = pending.pop(0)
             cut = truncate(model, batch)
             feeds = {f: self.inputs[f] for f in cut.feeds}
             first = runner.run(cut, feeds)
             if not first.ok:
-                raise EngineUnavailable(
-                    f"the reference engine {runner.spec} failed on the model ({first.status}: {first.message})"
-                )
+                first_failure = first_failure or f"{first.status}: {first.message}"
+                if len(batch) > 1:
+                    half = len(batch) // 2
+                    pending[:0] = [batch[:half], batch[half:]]
+                else:
+                    self.unobservable.append(batch[0])
+                continue
             second = runner.run(cut, feeds, use_cache=False)
             if second.ok:
                 for name in batch:
                     if not same_values(first.outputs[name], second.outputs[name]):
                         self.nondeterministic.append(name)
-            file = f"batch-{i}.npz"
+            file = f"batch-{done}.npz"
             save_npz(self.directory / file, first.outputs)
             index.update(dict.fromkeys(batch, file))
+            done += 1
             if on_batch:
-                on_batch(i + 1, len(batches))
-        atomic_write_text(self.directory / "nondeterministic.json", json.dumps(self.nondeterministic))
+                on_batch(len(index) + len(self.unobservable), len(names))
+        if any(f not in index for f in model.fetches):
+            raise EngineUnavailable(f"the reference engine {runner.spec} failed on the model ({first_failure})")
+        flags = {"nondeterministic": self.nondeterministic, "unobservable": self.unobservable}
+        atomic_write_text(self.directory / "flags.json", json.dumps(flags))
         atomic_write_text(self.directory / "index.json", json.dumps(index))  # last: marks the dump complete
         self.index = index
 
     def load_flags(self) -> None:
-        flags = self.directory / "nondeterministic.json"
+        flags = self.directory / "flags.json"
         if flags.exists():
-            self.nondeterministic = json.loads(flags.read_text())
+            data = json.loads(flags.read_text())
+            self.nondeterministic = data["nondeterministic"]
+            self.unobservable = data["unobservable"]
 
     def close(self) -> None:
         for f in self._open.values():

@@ -49,6 +49,7 @@ class EngineRunner:
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.worker: Worker | None = None
         self.runs = 0  # engine executions (cache hits excluded)
+        self.cache_hits = 0
         self.engine_seconds = 0.0
         self._key = self.engine.cache_key()
 
@@ -66,6 +67,7 @@ class EngineRunner:
         if use_cache:
             hit = self.cache.get_result(key)
             if hit is not None and all(f in hit for f in fetches):
+                self.cache_hits += 1
                 return RunResult("ok", hit, 0.0, cached=True)
         job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.scratch))
         job = Job(

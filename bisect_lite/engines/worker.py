@@ -237,7 +237,7 @@ def serve(spec_text: str) -> None:
             np.savez(tmp, **{k: np.asarray(v) for k, v in outputs.items()})
             os.replace(tmp, req["outputs"])
             send({"ok": True, "seconds": t2 - t1, "load_seconds": t1 - t0})
-        except Exception as exc:  # an engine error is a verdict for this run, not the end of the worker
+        except (Exception, SystemExit) as exc:  # an engine error is a verdict for this run, not the end of the worker
             send({"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()[-1500:]}"})
 
 

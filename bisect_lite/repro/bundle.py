@@ -7,45 +7,26 @@ Paddle-Lite snippet in ISSUE.md.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from bisect_lite import __version__
 from bisect_lite.engines.runner import EngineRunner
-from bisect_lite.engines.worker import QUIET_ENV
 from bisect_lite.fsutil import atomic_dir
 from bisect_lite.inputs import save_npz
 from bisect_lite.model import Model, write_model_files
 from bisect_lite.model.describe import tensor_info
 
-EXPORT_ONNX = (
-    "import sys; from pathlib import Path; from bisect_lite.engines.onnxruntime import export_onnx; "
-    "export_onnx(Path(sys.argv[1]), Path(sys.argv[2]))"
-)
 
+def export_onnx_note(model_dir: Path, out_file: Path) -> tuple[bool, str]:
+    """Write model.onnx when paddle2onnx can convert the repro (it runs in its own child process)."""
+    from bisect_lite.engines.onnxruntime import export_onnx
 
-def export_onnx_isolated(model_dir: Path, out_file: Path, timeout: float = 180.0) -> tuple[bool, str]:
-    """paddle2onnx in a child process: it imports paddle (slow, chatty) and may crash on exotic ops."""
-    env = {**os.environ, **QUIET_ENV, "POLYGRAPHY_AUTOINSTALL_DEPS": "0"}
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", EXPORT_ONNX, str(model_dir), str(out_file)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return False, f"paddle2onnx did not finish within {timeout:g} s"
-    if proc.returncode == 0 and out_file.exists():
-        return True, "converted with paddle2onnx (optimize_tool=None)"
-    lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
-    return False, "paddle2onnx could not convert it: " + (lines[-1] if lines else f"exit code {proc.returncode}")
+        export_onnx(model_dir, out_file)
+    except RuntimeError as exc:
+        return False, f"paddle2onnx could not convert it: {str(exc).strip().splitlines()[-1][:300]}"
+    return True, "converted with paddle2onnx (optimize_tool=None)"
 
 
 def repro_facts(
@@ -105,7 +86,7 @@ def write_bundle(
         if found.get("actual"):
             save_npz(tmp / "actual.npz", found["actual"])
             files.append("actual.npz")
-        ok, note = export_onnx_isolated(tmp, tmp / "model.onnx")
+        ok, note = export_onnx_note(tmp, tmp / "model.onnx")
         if ok:
             files.append("model.onnx")
         facts["onnx"] = {"written": ok, "note": note}
