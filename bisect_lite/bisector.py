@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -423,12 +424,19 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         report["target_runs"] = target.runs
         report["reference_runs"] = ref.runs
         report["target_cache_hits"] = target.cache_hits
-        emit("phase", {"name": "repro", "detail": "writing repro bundles"})
-        for i, (found, entry) in enumerate(report.pop("_found")):
-            name = "repro" if i == 0 else f"repro-{i + 1}"
-            write_bundle(out / name, found, entry, ref, target, model, report["tolerance"])
-            entry["repro"] = name
-        write_run_report(out, report)
+        emit("phase", {"name": "repro", "detail": "writing repro bundles and the report"})
+        found = report.pop("_found")
+        for i, (_, entry) in enumerate(found):
+            entry["repro"] = "repro" if i == 0 else f"repro-{i + 1}"
+        # Bundles wait on paddle2onnx child processes: write them while this thread draws the report's plot.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            bundles = [
+                pool.submit(write_bundle, out / entry["repro"], f, entry, ref, target, model, report["tolerance"])
+                for f, entry in found
+            ]
+            write_run_report(out, report)
+            for bundle in bundles:
+                bundle.result()
         return report
     finally:
         ref.close()

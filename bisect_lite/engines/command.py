@@ -9,8 +9,10 @@ file is a result; anything else is a `crash` verdict; running longer than the ti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import select
 import shlex
 import shutil
 import signal
@@ -87,9 +89,9 @@ class CommandEngine(Engine):
         except OSError as exc:
             return RunResult("crash", message=f"cannot start {argv[0]!r}: {exc.strerror}")
         try:
-            code = proc.wait(timeout=timeout)
+            code = _wait(proc, timeout)
         except subprocess.TimeoutExpired:
-            with _suppress():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             return RunResult(
@@ -108,9 +110,16 @@ def _with_tail(log: Path) -> str:
     return f": {text}" if text else ""
 
 
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], (ProcessLookupError, PermissionError))  # type: ignore[arg-type]
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    """Wait for exit without polling (Popen.wait(timeout) sleeps in steps of up to 50 ms, per run)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return proc.wait()
