@@ -3,7 +3,8 @@
 Plants one fault (a scaled op output) at several depths of a 300-op ResNet-style model and of the bundled
 fixtures, using the tests' fault-planting `cmd` engine, and prints per case: ops, search probes, ceil(log2 N),
 all target runs (search + isolation + shape minimisation), the search's wall time, time inside engine runs and
-the share outside them (goal: under 10 %), and the total including writing the repro (paddle2onnx) and report. Usage: python bench/bench_run.py [--no-minimise]
+the share outside them (goal: under 10 %), and the total including writing the repro (paddle2onnx) and report.
+Usage: python bench/bench_run.py [--no-minimise]
 """
 
 from __future__ import annotations
