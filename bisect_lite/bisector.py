@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from bisect_lite.fsutil import is_inside
 from bisect_lite.inputs import prepare_inputs, save_npz
 from bisect_lite.journal import Journal
 from bisect_lite.model import Model, extract, frontier, load_model, truncate
+from bisect_lite.model.fusion import FusedGroup, describe_group, fusion_groups, group_of
 from bisect_lite.model.slicing import with_feed_shapes
 from bisect_lite.reference import ReferenceValues
 from bisect_lite.search import ProbeOutcome, Status, bisect_first_failure, ddmin, expected_probes, grow_window
@@ -52,7 +53,7 @@ class RunOptions:
     int_range: str | None = None
     out: Path = Path("bisect-out")
     find_all: bool = False
-    compare: CompareConfig = field(default_factory=CompareConfig)
+    compare: CompareConfig | None = None  # None: tolerances suited to the target's precision
     timeout: float = DEFAULT_TIMEOUT
     max_memory: int = 1 << 30
     cache: bool = True
@@ -127,6 +128,7 @@ class Bisector:
         self.events = events or (lambda kind, data: None)
         self.values = ReferenceValues(options.out / "reference", inputs)
         self.probes: list[Probe] = []
+        self.groups: list[FusedGroup] | None = None  # the target's fused groups, when it can tell
         self.notes: list[str] = []
         self._segments: dict[int, Model] = {}
 
@@ -208,26 +210,79 @@ class Bisector:
             )
             for p, o in known.items()
         }
-        self.events("search", {"segment": start, "ops": n - start, "expected": expected_probes(n - start)})
-        result = bisect_first_failure(n - start, probe, failing=hunted, known=known)
+        cuts = None
+        if self.groups:
+            # Cut only where the target's fused groups end: a cut inside a group undoes the fusion.
+            cuts = sorted({g.last - start for g in self.groups if g.last >= start} | {n - 1 - start})
+            known = {p: o for p, o in known.items() if p in cuts}
+        self.events(
+            "search", {"segment": start, "ops": n - start, "expected": expected_probes(len(cuts or range(n - start)))}
+        )
+        result = bisect_first_failure(n - start, probe, failing=hunted, known=known, cuts=cuts)
         self.notes.extend(result.contradictions)
         self.notes.extend(getattr(result, "notes", []) or [])
         if result.first_bad is None:
             self.notes.append(f"segment from op {start}: the search could not locate a failing op")
             return None
         culprit = start + result.first_bad
+        lo, hi = (start + result.culprit_range[0], start + result.culprit_range[1])
         info: dict[str, Any] = {
-            "index": culprit,
+            "index": lo,
+            "ops": list(range(lo, hi + 1)),
             "segment": start,
             "status": STATUS_WORD[hunted],
             "flaky": result.flaky,
             "linear_refined": result.linear_refined,
         }
         if result.ambiguous:
-            lo, hi = (start + result.ambiguous[0], start + result.ambiguous[1])
-            info["ambiguous"] = [lo, hi]
-            self.notes.append(f"probes between ops {lo} and {hi} could not be evaluated; the culprit is in that range")
+            a, b = (start + result.ambiguous[0], start + result.ambiguous[1])
+            info["ambiguous"] = [a, b]
+            self.notes.append(f"probes between ops {a} and {b} could not be evaluated; the culprit is in that range")
+        if hi > lo and self.groups:
+            group = group_of(self.groups, culprit)
+            if group is not None and group.ops == info["ops"]:
+                info["group"] = describe_group(self.model, group)
+        info["fusion_note"] = self.fusion_change(culprit)
         return info
+
+    def fusion_groups(self) -> list[FusedGroup] | None:
+        """The target's fused groups for the whole model, from its optimised program (None: no such view)."""
+        try:
+            optimized = self.target.optimized_program(self.model)
+        except (RuntimeError, InputError) as exc:
+            self.notes.append(f"could not read the target's optimised program ({exc}); cutting at every op")
+            return None
+        if optimized is None:
+            return None
+        groups = fusion_groups(self.model, optimized)
+        fused = [g for g in groups if len(g.ops) > 1]
+        if fused:
+            self.notes.append(f"the target fuses {len(fused)} groups of ops; probes cut only between groups")
+        return groups
+
+    def fusion_change(self, culprit: int) -> str | None:
+        """Compare the fusion around the culprit in the whole model and in the failing probe's cut model."""
+        if not self.groups:
+            return None
+        full = group_of(self.groups, culprit)
+        try:
+            cut_model = truncate(self.model, [t for t in frontier(self.model, culprit) if t in self.values])
+            optimized = self.target.optimized_program(cut_model)
+        except (RuntimeError, InputError):
+            return None
+        if optimized is None or full is None:
+            return None
+        cut_groups = fusion_groups(cut_model, optimized)
+        names = {t for i in full.ops for t in self.model.ops[i].data_outputs()}
+        mine = next(
+            (g for g in cut_groups if names & {t for i in g.ops for t in cut_model.ops[i].data_outputs()}), None
+        )
+        if mine is None or set(mine.internal) == set(full.internal):
+            return None
+        return (
+            f"cutting after op {culprit} changed the fusion around it: in the whole model "
+            f"{describe_group(self.model, full)}, in the cut model {describe_group(cut_model, mine)}"
+        )
 
     # ---- isolation ----------------------------------------------------------------------------------------
     def isolate(
@@ -260,16 +315,17 @@ class Bisector:
             "ops": list(ops),
         }
 
-    def confirm(self, culprit: int, hunted: Status, start: int) -> dict[str, Any]:
-        """Single op, else the smallest failing window, else the whole model."""
+    def confirm(self, culprit_ops: list[int], hunted: Status, start: int) -> dict[str, Any]:
+        """The culprit op (or fused group) alone, else the smallest failing window, else the whole model."""
         n = len(self.model.ops)
+        culprit = culprit_ops[0]
         tried: list[str] = []
-        alone = self.isolate([culprit], hunted)
+        what = f"op {culprit}" if len(culprit_ops) == 1 else f"fused group ops {culprit}..{culprit_ops[-1]}"
+        alone = self.isolate(culprit_ops, hunted)
         if alone and alone["fails"]:
-            return {"kind": "op", **alone, "tried": tried}
+            return {"kind": "op" if len(culprit_ops) == 1 else "group", **alone, "tried": tried}
         tried.append(
-            f"op {culprit} alone, fed with reference values: "
-            + ("passes" if alone else "the reference cannot run it alone")
+            f"{what} alone, fed with reference values: " + ("passes" if alone else "the reference cannot run it alone")
         )
         cache: dict[tuple[int, ...], dict[str, Any] | None] = {}
 
@@ -297,7 +353,7 @@ class Bisector:
         best = run_ops(tuple(minimal.items)) or run_ops(ops)
         assert best is not None
         tried.append(f"delta debugging kept ops {list(minimal.items)} ({minimal.calls} runs)")
-        return {"kind": "subgraph", **best, "tried": tried}
+        return {"kind": "op" if len(best["ops"]) == 1 else "subgraph", **best, "tried": tried}
 
     # ---- shape minimisation -------------------------------------------------------------------------------
     def minimise_shapes(self, found: dict[str, Any], hunted: Status) -> dict[str, Any]:
@@ -383,6 +439,10 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
 
     emit = events or (lambda kind, data: None)
     t_start = time.perf_counter()
+    if options.compare is None:
+        from bisect_lite.engines.registry import default_tolerance
+
+        options.compare = CompareConfig(default=default_tolerance(options.target))
     model = load_model(model_path, options.params)
     out = Path(options.out)
     prepare_out_dir(out, model, options.resume, options.force)
@@ -510,6 +570,7 @@ def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict
     report["verdict"] = "crash" if whole.status == Status.CRASH else "mismatch"
 
     # 3-6. search, confirm, continue past each culprit with reference-fed segments
+    job.groups = job.fusion_groups()
     start, outcome = 0, whole
     while True:
         found = job.search_segment(start, outcome)
@@ -518,17 +579,20 @@ def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict
         culprit = found["index"]
         emit("phase", {"name": "confirm", "detail": f"op {culprit} ({model.ops[culprit].type}) in isolation"})
         hunted = outcome.status
-        confirmed = job.confirm(culprit, hunted, start)
-        if options.minimise and confirmed["kind"] in ("op", "subgraph"):
+        confirmed = job.confirm(found["ops"], hunted, start)
+        if len(confirmed.get("ops", [])) == 1 and confirmed["ops"][0] != culprit:
+            found["index"] = culprit = confirmed["ops"][0]  # delta debugging pinned another op
+        if options.minimise and confirmed["kind"] in ("op", "group", "subgraph"):
             emit("phase", {"name": "minimise", "detail": "shrinking input shapes"})
             confirmed = job.minimise_shapes(confirmed, hunted)
         entry = _culprit_entry(job, found, confirmed, nondet)
         report["culprits"].append(entry)
         if confirmed["kind"] != "context":
             report["_found"].append((confirmed, entry))
-        if not options.find_all or len(report["culprits"]) >= options.max_culprits or culprit >= n - 1:
+        last = max(found["ops"])
+        if not options.find_all or len(report["culprits"]) >= options.max_culprits or last >= n - 1:
             break
-        start = culprit + 1
+        start = last + 1
         emit("phase", {"name": "continue", "detail": f"ops {start}..{n - 1} fed with reference values"})
         outcome = _segment_outcome(job, start)
         if outcome.status == Status.PASS:
@@ -580,6 +644,10 @@ def _culprit_entry(job: Bisector, found: dict[str, Any], confirmed: dict[str, An
         message=confirmed.get("message") or _last_message(job, found),
     )
     notes = list(confirmed.get("tried", []))
+    if found.get("group"):
+        notes.insert(0, f"the culprit lies inside a group the target fuses, {found['group']}: blamed the group")
+    if found.get("fusion_note"):
+        notes.append(found["fusion_note"])
     if found.get("flaky"):
         notes.append("a probe gave different answers when repeated (flaky target)")
     if found.get("linear_refined"):

@@ -20,6 +20,8 @@ app = typer.Typer(
     help="Find the first op whose output differs between a reference engine and a target engine.",
 )
 out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal and "COLUMNS" not in __import__("os").environ:
+    out.width = 160  # piped output: wide tables rather than folded cells
 err = Console(stderr=True, highlight=False)
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs (Paddle's glog) on stderr.")]
@@ -112,12 +114,20 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cache
 
 
 def _compare_config(
-    atol: float | None, rtol: float | None, tol: list[str], allow_inf: bool, stat: str, absolute_atol: bool = False
+    target: str,
+    atol: float | None,
+    rtol: float | None,
+    tol: list[str],
+    allow_inf: bool,
+    stat: str,
+    absolute_atol: bool = False,
 ):
+    """Tolerances from the command line; what is not given follows the target's precision (fp16 or fp32)."""
     from bisect_lite.compare import CompareConfig, Tolerance, parse_tolerance_override
+    from bisect_lite.engines.registry import default_tolerance
 
+    base = default_tolerance(target)
     try:
-        base = Tolerance()
         default = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
         overrides = dict(parse_tolerance_override(t, default) for t in tol)
         return CompareConfig(
@@ -175,8 +185,8 @@ def compare(
     from bisect_lite.compare_engines import compare_engines
     from bisect_lite.engines.registry import resolve_engines
 
-    config = _compare_config(atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
     ref_spec, target_spec = resolve_engines(ref, target)
+    config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
     report = compare_engines(
         model,
         ref_spec,
@@ -281,10 +291,10 @@ def run(
     from bisect_lite.bisector import RunOptions, run_bisect
     from bisect_lite.engines.registry import resolve_engines
 
-    config = _compare_config(atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
     if resume and (ref is None or target is None):
         ref, target = _recorded_engines(out_dir, ref, target)
     ref_spec, target_spec = resolve_engines(ref, target)
+    config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
     options = RunOptions(
         ref=ref_spec,
         target=target_spec,

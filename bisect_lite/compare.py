@@ -32,16 +32,16 @@ ERROR_STATS = ("elementwise", "max", "mean", "median")
 class Tolerance:
     """Absolute and relative tolerance of the element rule ``|t-r| > atol and |t-r| > rtol*|r|`` -> fail.
 
-    The defaults (atol=rtol=1e-2) suit an fp16 target against an fp32 reference: fp16 keeps ~11 significant
-    bits (unit roundoff 4.9e-4, one ulp near 1.0 is 9.8e-4), and rounding error grows over tens of layers and
-    over long reductions (conv/matmul accumulate hundreds to thousands of products), so a healthy model ends
-    with errors of a few 1e-3 on unit-scale activations.  1e-2 leaves ~10-20 ulps of headroom for that drift
-    while a real kernel bug (wrong layout, missing bias, bad padding) is still off by 1e-1 or more.  The old
-    Paddle-Lite debug tool's 1e-5 is an fp32-vs-fp32 threshold and flags every fp16 op; see FP32_TOLERANCE.
+    The defaults (atol=rtol=5e-2) suit an fp16 target against an fp32 reference: fp16 keeps ~11 significant
+    bits (unit roundoff 4.9e-4), and rounding error grows over tens of layers and over long reductions. Measured
+    on the bundled fixtures with fp16 storage alone (no half accumulation), healthy tensors need up to 3e-2
+    (a 92-op MobileNetV3), and real GPUs accumulate in half too; 1e-2 blamed healthy ops there. A kernel bug
+    (wrong layout, missing bias, bad padding, overflow) is off by 1e-1 or more. fp32 targets use
+    FP32_TOLERANCE: the defaults are chosen per target engine (see engines.registry.default_tolerance).
     """
 
-    atol: float = 1e-2
-    rtol: float = 1e-2
+    atol: float = 5e-2
+    rtol: float = 5e-2
 
     def __post_init__(self) -> None:
         for key in ("atol", "rtol"):
@@ -58,6 +58,7 @@ class Tolerance:
 DEFAULT_TOLERANCE = Tolerance()
 # For an fp32 target: different kernels (Winograd, other summation order) still differ by ~1e-6..1e-5 per op.
 FP32_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-4)
+FP16_TOLERANCE = DEFAULT_TOLERANCE
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,11 @@ def compare_engines(
     feeds = prepare_inputs(model, inputs, shapes=shapes, seed=seed, int_range=int_range)
     if save_inputs is not None:
         save_npz(save_inputs, feeds)
-    config = compare or CompareConfig()
+    if compare is None:
+        from bisect_lite.engines.registry import default_tolerance
+
+        compare = CompareConfig(default=default_tolerance(target))
+    config = compare
     store = Cache(results=cache)
     runners = [EngineRunner(spec, store, timeout=timeout, verbose=verbose) for spec in (ref, target)]
     try:

@@ -54,6 +54,9 @@ class Engine:
     words: ClassVar[dict[str, str]] = {}  # accepted bare words -> help
     option_help: ClassVar[dict[str, str]] = {}  # accepted KEY=VALUE options -> help
     isolated: ClassVar[bool] = True  # run in a worker process (False: `execute` isolates by itself)
+    # Reuse results across runs. Off for engines whose results depend on state outside the spec and version
+    # (a rebuilt device runtime, a user's program): a stale result there would hide or invent a fault.
+    cache_results: ClassVar[bool] = True
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec
@@ -87,6 +90,15 @@ class Engine:
         """Why this engine cannot run here (None when it can). Must be cheap: no heavy imports."""
         return None
 
+    @property
+    def half_precision(self) -> bool:
+        """Whether results carry fp16 rounding (chooses the default tolerance). Unknown engines: assume so."""
+        return True
+
+    def problem(self) -> str | None:
+        """Why this configured engine cannot run (None when it can); may look at its options."""
+        return self.unavailable_reason()
+
     def version(self) -> str:
         return "unknown"
 
@@ -97,6 +109,14 @@ class Engine:
     def facts(self) -> dict[str, Any]:
         """Facts recorded with results and repros (versions, device)."""
         return {"engine": str(self.spec), "version": self.version()}
+
+    def optimized_program(self, model_dir: Path, work_dir: Path) -> Path | None:
+        """Directory of the program the target really runs after its own optimiser (fusions, glue ops), in a
+        format `bisect_lite.model.load_model` reads; None when the engine has no such view."""
+        return None
+
+    def close(self) -> None:
+        """Release what `execute` keeps between runs (worker processes, device sessions)."""
 
     def execute(self, job: Job, timeout: float) -> RunResult:
         """Run a job without a worker (only for engines with isolated = False)."""

@@ -32,6 +32,7 @@ class CommandEngine(Engine):
     summary = "any external program: cmd:PROGRAM ARGS with {model_dir} {inputs} {outputs} {io} placeholders"
     option_help = {"template": "the command template (everything after `cmd:`)"}
     isolated = False  # every run is its own process already
+    cache_results = False
 
     def __init__(self, spec) -> None:
         super().__init__(spec)

@@ -149,6 +149,7 @@ def fp16_model(
 
 
 class Fp16Engine(PaddleEngine):
+    half_precision = True
     name = "fp16"
     summary = (
         "OpenCL-fp16 emulation on the host: activations and weights rounded to half between ops, "

@@ -157,6 +157,7 @@ def _fetch_names_in_desc_order(model_dir: Path) -> list[str]:
 
 
 class OnnxRuntimeEngine(Engine):
+    half_precision = False
     name = "onnxruntime"
     summary = "the model converted by paddle2onnx, run by ONNX Runtime CPU fp32 (an independent reference)"
     option_help = {

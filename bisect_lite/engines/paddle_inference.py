@@ -16,6 +16,7 @@ class PaddleEngine(Engine):
     summary = "Paddle Inference CPU fp32, exact mode (IR optimisation and oneDNN off): the host reference"
     option_help = {"threads": "CPU math threads (default 1)"}
     optimise = False
+    half_precision = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

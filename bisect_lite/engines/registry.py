@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from bisect_lite.compare import FP16_TOLERANCE, FP32_TOLERANCE, Tolerance
 from bisect_lite.engines.base import Engine
 from bisect_lite.engines.spec import EngineSpec, parse_spec
 from bisect_lite.errors import InputError
@@ -16,7 +17,12 @@ ENGINES: dict[str, str] = {
     "fp16": "bisect_lite.engines.fp16:Fp16Engine",
     "onnxruntime": "bisect_lite.engines.onnxruntime:OnnxRuntimeEngine",
     "cmd": "bisect_lite.engines.command:CommandEngine",
+    "lite": "bisect_lite.engines.lite:LiteEngine",
 }
+
+
+# Specs used to describe engines that need arguments.
+EXAMPLE_SPECS = {"cmd": "cmd:true", "lite": "lite:arm"}
 
 
 def engine_class(name: str) -> type[Engine]:
@@ -38,7 +44,7 @@ def list_engines() -> list[dict[str, Any]]:
         cls = engine_class(name)
         reason = cls.unavailable_reason()
         try:
-            version = cls(EngineSpec(name, (), (("template", "true"),) if name == "cmd" else ())).version()
+            version = create_engine(EXAMPLE_SPECS.get(name, name)).version()
         except Exception:
             version = "?"
         rows.append(
@@ -64,7 +70,7 @@ def resolve_engines(ref: str | None, target: str | None) -> tuple[str, str]:
         return ref, target
     from bisect_lite.errors import EngineUnavailable
 
-    reason = engine_class("lite").unavailable_reason() if "lite" in ENGINES else "no Paddle-Lite engine installed"
+    reason = create_engine("lite:opencl").problem()
     if reason is None:
         return ref or "lite:arm", target or "lite:opencl"
     if target:
@@ -74,3 +80,8 @@ def resolve_engines(ref: str | None, target: str | None) -> tuple[str, str]:
         f"no --target given and no Paddle-Lite runtime is reachable ({reason}); available engines: "
         f"{', '.join(usable)}. Pass --ref/--target, e.g. {HOST_HINT}, or see `bisect-lite engines`"
     )
+
+
+def default_tolerance(target: str) -> Tolerance:
+    """fp16-suited tolerances for half-precision (or unknown) targets, tight ones for fp32 targets."""
+    return FP16_TOLERANCE if create_engine(target).half_precision else FP32_TOLERANCE

@@ -35,7 +35,7 @@ class EngineRunner:
         scratch: Path | None = None,
     ) -> None:
         self.engine = create_engine(engine) if isinstance(engine, str) else engine
-        reason = self.engine.unavailable_reason()
+        reason = self.engine.problem()
         if reason:
             raise EngineUnavailable(f"engine {self.engine.spec} is unavailable: {reason}")
         self.cache = cache or Cache(results=False)
@@ -64,6 +64,7 @@ class EngineRunner:
         inputs = {name: np.asarray(inputs[name]) for name in model.feeds}
         fetches = list(model.fetches)
         key = self.cache.result_key(model, self._key, inputs, fetches)
+        use_cache = use_cache and self.engine.cache_results
         if use_cache:
             hit = self.cache.get_result(key)
             if hit is not None and all(f in hit for f in fetches):
@@ -88,7 +89,7 @@ class EngineRunner:
         self.engine_seconds += result.seconds
         if result.ok:
             result = self._collect(job, result)
-            if result.ok:
+            if result.ok and self.engine.cache_results:
                 self.cache.put_result(key, result.outputs)
         shutil.rmtree(job_dir, ignore_errors=True)  # a long search must not fill the disk with job files
         return result
@@ -122,7 +123,17 @@ class EngineRunner:
         result.outputs = {f: outputs[f] for f in job.fetches}
         return result
 
+    def optimized_program(self, model: Model) -> Model | None:
+        """The program the engine really runs for `model` (after its optimiser), when it can tell."""
+        from bisect_lite.model import load_model
+
+        directory = self.engine.optimized_program(
+            self.cache.model_dir(model), self.cache.prepared_dir(model, self._key)
+        )
+        return load_model(directory) if directory else None
+
     def close(self) -> None:
+        self.engine.close()
         if self.worker is not None:
             self.worker.stop()
             self.worker = None

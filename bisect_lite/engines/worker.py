@@ -117,7 +117,8 @@ class Worker:
                 stream.close()
 
     # ---- runs ---------------------------------------------------------------------------------------------
-    def run(self, job: Job, timeout: float) -> RunResult:
+    def run(self, job: Job, timeout: float, extra: dict[str, Any] | None = None) -> RunResult:
+        """One run; `extra` adds fields to the request (for workers speaking an extended protocol)."""
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None
@@ -128,6 +129,7 @@ class Worker:
             "inputs": str(job.inputs_file),
             "outputs": str(job.outputs_file),
             "fetches": job.fetches,
+            **(extra or {}),
         }
         start = time.perf_counter()
         try:
@@ -146,9 +148,8 @@ class Worker:
             return result
         if not msg.get("ok"):
             return RunResult("crash", seconds=seconds, message=f"engine error: {msg.get('error', '?')}")
-        return RunResult(
-            "ok", seconds=seconds, info={"run_seconds": msg.get("seconds"), "load_seconds": msg.get("load_seconds")}
-        )
+        info = {"run_seconds": msg.get("seconds"), "load_seconds": msg.get("load_seconds"), **msg.get("info", {})}
+        return RunResult("ok", seconds=seconds, info=info)
 
     def _death_reason(self, what: str) -> str:
         code = self.proc.poll() if self.proc else None

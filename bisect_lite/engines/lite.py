@@ -1,0 +1,425 @@
+"""Paddle-Lite: `lite:arm`, `lite:opencl`, `lite:x86`, on this machine, an ARM board or an Android phone.
+
+Conversion: Paddle-Lite's opt program (`paddle_lite_opt` from the `paddlelite` wheel, or `opt=PATH` for a release
+binary) turns each model into a naive-buffer `.nb` for the place's valid targets (`arm`, `opencl,arm`, `x86`), and
+once more into protobuf: the optimised program tells which ops were fused and which io_copy/layout glue ops were
+inserted. Both are cached with the model's hash, the opt version and the targets. opt runs in a child process: a
+model it cannot handle aborts opt, not the search.
+
+Runtimes (one engine, several transports):
+- default: a worker process running `lite_worker.py` with this interpreter (`paddlelite` importable here);
+- `python=PATH`: the same worker with another interpreter (e.g. a Python 3.10 venv holding the wheel);
+- `ssh=USER@HOST` (+ `python=` on the board, default python3): the worker runs on an ARM board over ssh, files
+  are copied with scp (the board needs numpy and paddlelite, nothing else);
+- `adb` (+ `serial=`, `runner=`, `libs=`): the native runner of runners/android on a phone: the engine pushes the
+  runner and libpaddle_light_api_shared.so once, then per run the .nb and inputs to a fresh directory, runs it,
+  pulls the outputs and removes the directory.
+Every model gets its own OpenCL kernel-binary and tuning file names, so stale caches never leak between probes,
+and the runtime's version must equal opt's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bisect_lite.engines.base import Engine, Job, RunResult
+from bisect_lite.engines.worker import Worker, WorkerDied, describe_exit
+from bisect_lite.errors import EngineUnavailable, InputError
+
+VALID_TARGETS = {"arm": "arm", "opencl": "opencl,arm", "x86": "x86"}
+WORKER_SCRIPT = Path(__file__).with_name("lite_worker.py")
+OPT_TIMEOUT = 600.0
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(kept[-lines:])
+
+
+class LiteEngine(Engine):
+    name = "lite"
+    summary = "Paddle-Lite (opt + runtime): lite:arm | lite:opencl | lite:x86, locally, over ssh or adb"
+    words = {
+        "arm": "ARM CPU kernels (valid targets: arm)",
+        "opencl": "OpenCL GPU kernels with ARM fallback (valid targets: opencl,arm)",
+        "x86": "x86 kernels (valid targets: x86)",
+        "adb": "run on an Android phone with the native runner",
+    }
+    option_help = {
+        "precision": "OpenCL precision: auto (default, fp16 on nearly every phone) | fp16 | fp32",
+        "tune": "OpenCL local-work-size tuning: none (default) | rapid | normal | exhaustive",
+        "opt": "the opt program (default: paddle_lite_opt on PATH)",
+        "python": "interpreter for the worker (locally, or on the board with ssh=)",
+        "ssh": "USER@HOST of an ARM board",
+        "serial": "adb device serial",
+        "runner": "path of the built native runner (default: runners/android/build/bisect_lite_runner)",
+        "libs": "directory holding libpaddle_light_api_shared.so (and libc++_shared.so) for adb",
+        "device_dir": "working directory on the phone (default /data/local/tmp/bisect-lite)",
+        "threads": "CPU threads",
+        "runs": "runs per inference; results of the last (catches second-run memory-reuse bugs)",
+        "memory_config": "OPENCL_MEMORY_CONFIG_FILE for opt (ops forced onto the CPU)",
+    }
+    isolated = False
+    cache_results = False
+
+    def __init__(self, spec) -> None:
+        super().__init__(spec)
+        places = [w for w in spec.words if w in VALID_TARGETS]
+        if len(places) != 1:
+            raise InputError(f"engine {spec}: name exactly one place: lite:arm, lite:opencl or lite:x86")
+        self.place = places[0]
+        self.adb = "adb" in spec.words
+        self.ssh = self.option("ssh")
+        if self.adb and self.ssh:
+            raise InputError(f"engine {spec}: choose adb or ssh=, not both")
+        self.precision = self.option("precision", "auto", ("auto", "fp16", "fp32"))
+        self.tune = self.option("tune", "none", ("none", "rapid", "normal", "exhaustive"))
+        self.threads = self.int_option("threads", 1)
+        self.runs = self.int_option("runs", 1)
+        self.device_dir = self.option("device_dir", "/data/local/tmp/bisect-lite")
+        self._worker: Worker | None = None
+        self._log_dir = Path(tempfile.mkdtemp(prefix="bisect-lite-lite-"))
+        self._opt_version: str | None = None
+        self._runtime: dict[str, Any] = {}
+        self._remote_ready = False
+
+    @property
+    def half_precision(self) -> bool:
+        return self.place == "opencl" and self.precision != "fp32"
+
+    # ---- availability ----------------------------------------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if shutil.which("paddle_lite_opt") is None:
+            return (
+                "Paddle-Lite's opt is not on PATH (pip install paddlelite, CPython <= 3.10, or pass opt=PATH "
+                "to a release's opt binary)"
+            )
+        return None
+
+    def _opt_program(self) -> str | None:
+        opt = self.option("opt")
+        if opt:
+            return opt if (Path(opt).exists() or shutil.which(opt)) else None
+        return shutil.which("paddle_lite_opt")
+
+    def problem(self) -> str | None:
+        if self._opt_program() is None:
+            if self.option("opt"):
+                return f"opt program {self.option('opt')!r} not found"
+            return self.unavailable_reason()
+        if self.adb:
+            if shutil.which("adb") is None:
+                return "adb is not on PATH (install Android platform-tools)"
+            if not Path(self._runner_path()).exists():
+                return (
+                    f"native runner {self._runner_path()} not found: build it with runners/android/build.sh "
+                    "or pass runner=PATH"
+                )
+            if not self.option("libs"):
+                return "adb needs libs=DIR, the inference_lite_lib cxx/lib directory with libpaddle_light_api_shared.so"
+        elif self.ssh:
+            if shutil.which("ssh") is None or shutil.which("scp") is None:
+                return "ssh and scp are needed for ssh="
+        else:
+            python = self.option("python") or sys.executable
+            probe = subprocess.run([python, "-c", "import paddlelite.lite"], capture_output=True, text=True)
+            if probe.returncode != 0:
+                return f"{python} cannot import paddlelite ({_tail(probe.stderr, 1) or 'not installed'})"
+        return None
+
+    def version(self) -> str:
+        return f"opt {self.opt_version()}"
+
+    def cache_key(self) -> str:
+        # Results depend on where and how the model runs, not only on the spec string's options order.
+        return f"{self.spec}|{self.opt_version()}"
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "engine": str(self.spec),
+            "place": self.place,
+            "valid_targets": VALID_TARGETS[self.place],
+            "precision": self.precision if self.place == "opencl" else "fp32",
+            "tune": self.tune,
+            "opt_version": self.opt_version(),
+            "transport": "adb" if self.adb else ("ssh" if self.ssh else "python"),
+            **self._runtime,
+        }
+
+    # ---- conversion ------------------------------------------------------------------------------------
+    def opt_version(self) -> str:
+        if self._opt_version is None:
+            program = self._opt_program()
+            if program is None:
+                return "unavailable"
+            try:
+                proc = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=120)
+                text = (proc.stdout + proc.stderr).strip().splitlines()
+                self._opt_version = text[-1].strip() if text else "unknown"
+            except (OSError, subprocess.TimeoutExpired):
+                self._opt_version = "unknown"
+        return self._opt_version
+
+    def _memory_config(self) -> str | None:
+        config = self.option("memory_config")
+        return str(Path(config).resolve()) if config else None
+
+    def convert(self, model_dir: Path, work_dir: Path, memory_config: str | None = None) -> tuple[Path, Path]:
+        """opt -> (model.nb, optimised protobuf dir), cached in work_dir (per model and engine key)."""
+        memory_config = memory_config or self._memory_config()
+        if memory_config:
+            tag = hashlib.sha256(Path(memory_config).read_bytes()).hexdigest()[:12]
+            work_dir = work_dir / f"placement-{tag}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        nb, pb = work_dir / "model.nb", work_dir / "optimized"
+        for kind, out in (("naive_buffer", work_dir / "model"), ("protobuf", pb)):
+            done = nb if kind == "naive_buffer" else pb / "model"
+            if done.exists():
+                continue
+            self._run_opt(model_dir, kind, out, memory_config)
+        return nb, pb
+
+    def _run_opt(self, model_dir: Path, kind: str, out: Path, memory_config: str | None) -> None:
+        program = self._opt_program()
+        if program is None:
+            raise EngineUnavailable(self.problem() or "opt not found")
+        tmp = out.with_name(f".{out.name}-{uuid.uuid4().hex[:8]}")
+        argv = [
+            program,
+            f"--model_file={model_dir / 'model.pdmodel'}",
+            f"--param_file={model_dir / 'model.pdiparams'}",
+            f"--valid_targets={VALID_TARGETS[self.place]}",
+            f"--optimize_out_type={kind}",
+            f"--optimize_out={tmp}",
+        ]
+        env = dict(os.environ)
+        env.pop("OPENCL_MEMORY_CONFIG_FILE", None)
+        if memory_config:
+            env["OPENCL_MEMORY_CONFIG_FILE"] = memory_config
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=OPT_TIMEOUT, env=env)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"opt did not finish within {OPT_TIMEOUT:g} s") from None
+        produced = Path(f"{tmp}.nb") if kind == "naive_buffer" else tmp
+        if proc.returncode != 0 or not produced.exists():
+            raise RuntimeError(f"opt failed ({describe_exit(proc.returncode)}): {_tail(proc.stderr + proc.stdout)}")
+        final = Path(f"{out}.nb") if kind == "naive_buffer" else out
+        os.replace(produced, final)
+
+    def optimized_program(self, model_dir: Path, work_dir: Path) -> Path | None:
+        return self.convert(model_dir, work_dir)[1]
+
+    # ---- running -----------------------------------------------------------------------------------------
+    def execute(self, job: Job, timeout: float) -> RunResult:
+        start = time.perf_counter()
+        try:
+            nb, _ = self.convert(job.model_dir, job.work_dir)
+        except RuntimeError as exc:
+            return RunResult("crash", seconds=time.perf_counter() - start, message=f"conversion: {exc}")
+        left = max(timeout - (time.perf_counter() - start), 1.0)
+        cache_name = job.work_dir.name  # unique per model and engine: per-model OpenCL caches
+        result = self._run_adb(nb, job, left, cache_name) if self.adb else self._run_worker(nb, job, left, cache_name)
+        if result.ok:
+            self._check_version(result.info.get("paddle_lite_version"))
+        return result
+
+    def _check_version(self, runtime: str | None) -> None:
+        if not runtime:
+            return
+        self._runtime["paddle_lite_version"] = runtime
+        opt = self.opt_version()
+        if opt not in ("unknown", "unavailable") and runtime.strip() != opt.strip():
+            raise EngineUnavailable(
+                f"Paddle-Lite runtime {runtime} differs from opt {opt}: .nb files only load in the runtime of the "
+                "same version; use the opt of the same release (opt=PATH)"
+            )
+
+    # -- python worker, locally or over ssh
+    def _worker_command(self) -> list[str]:
+        python = self.option("python") or (sys.executable if not self.ssh else "python3")
+        if not self.ssh:
+            return [python, str(WORKER_SCRIPT)]
+        return ["ssh", "-o", "BatchMode=yes", self.ssh, shlex.join([python, f"{self.device_dir}/lite_worker.py"])]
+
+    def _ssh(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-o", "BatchMode=yes", self.ssh or "", command], capture_output=True, text=True, timeout=timeout
+        )
+
+    def _scp(self, sources: list[str], dest: str, timeout: float = 300) -> None:
+        proc = subprocess.run(["scp", "-q", "-r", *sources, dest], capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scp failed: {_tail(proc.stderr)}")
+
+    def _run_worker(self, nb: Path, job: Job, timeout: float, cache_name: str) -> RunResult:
+        request = {
+            "nb": str(nb),
+            "inputs": str(job.inputs_file),
+            "outputs": str(job.outputs_file),
+            "feeds": job.feeds,
+            "opencl": self.place == "opencl",
+            "precision": self.precision,
+            "tune": self.tune,
+            "cache_dir": str(job.work_dir / "opencl-cache"),
+            "cache_name": cache_name,
+            "threads": self.threads,
+            "runs": self.runs,
+        }
+        remote_job = None
+        try:
+            if self.ssh:
+                remote_job = f"{self.device_dir}/{job.outputs_file.parent.name}"
+                self._prepare_remote()
+                self._ssh(f"mkdir -p {shlex.quote(remote_job)}")
+                self._scp([str(nb), str(job.inputs_file)], f"{self.ssh}:{remote_job}/")
+                request.update(
+                    nb=f"{remote_job}/{nb.name}",
+                    inputs=f"{remote_job}/{job.inputs_file.name}",
+                    outputs=f"{remote_job}/outputs.npz",
+                    cache_dir=f"{self.device_dir}/opencl-cache",
+                )
+            if self._worker is None:
+                self._worker = Worker(str(self.spec), self._log_dir / "worker.log", command=self._worker_command())
+            result = self._worker.run(job, timeout, extra=request)
+            if result.ok and remote_job:
+                self._scp([f"{self.ssh}:{remote_job}/outputs.npz"], str(job.outputs_file))
+            return result
+        except WorkerDied as exc:
+            raise EngineUnavailable(f"engine {self.spec} cannot start its worker: {exc}") from None
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return RunResult("crash", message=str(exc))
+        finally:
+            if remote_job:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._ssh(f"rm -rf {shlex.quote(remote_job)}")
+
+    def _prepare_remote(self) -> None:
+        if self._remote_ready:
+            return
+        self._ssh(f"mkdir -p {shlex.quote(self.device_dir)}")
+        self._scp([str(WORKER_SCRIPT)], f"{self.ssh}:{self.device_dir}/lite_worker.py")
+        self._remote_ready = True
+
+    # -- Android over adb
+    def _runner_path(self) -> str:
+        default = Path(__file__).resolve().parents[2] / "runners" / "android" / "build" / "bisect_lite_runner"
+        return self.option("runner") or str(default)
+
+    def _adb(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        serial = ["-s", self.option("serial") or ""] if self.option("serial") else []
+        return subprocess.run(["adb", *serial, *args], capture_output=True, text=True, timeout=timeout)
+
+    def _adb_ok(self, *args: str, timeout: float = 120) -> str:
+        proc = self._adb(*args, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"adb {' '.join(args[:2])} failed: {_tail(proc.stderr + proc.stdout)}")
+        return proc.stdout
+
+    def _prepare_device(self) -> None:
+        if self._remote_ready:
+            return
+        d = self.device_dir
+        self._adb_ok("shell", f"mkdir -p {d}")
+        self._adb_ok("push", self._runner_path(), f"{d}/bisect_lite_runner")
+        self._adb_ok("shell", f"chmod 755 {d}/bisect_lite_runner")
+        libs = Path(self.option("libs") or "")
+        for lib in sorted(libs.glob("*.so")):
+            self._adb_ok("push", str(lib), f"{d}/{lib.name}")
+        model = self._adb("shell", "getprop ro.product.model").stdout.strip()
+        release = self._adb("shell", "getprop ro.build.version.release").stdout.strip()
+        info = self._adb("shell", f"cd {d} && LD_LIBRARY_PATH=. ./bisect_lite_runner --info")
+        self._runtime.update(device=model, android=release)
+        with contextlib.suppress(ValueError):
+            self._runtime.update(
+                {
+                    k: v
+                    for k, v in json.loads(info.stdout.strip().splitlines()[-1]).items()
+                    if k in ("opencl_valid", "opencl_fp16_valid", "device", "gpu", "driver")
+                }
+            )
+        self._remote_ready = True
+
+    def _run_adb(self, nb: Path, job: Job, timeout: float, cache_name: str) -> RunResult:
+        start = time.perf_counter()
+        try:
+            self._prepare_device()
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            raise EngineUnavailable(f"engine {self.spec}: the phone is not usable: {exc}") from None
+        local_in = job.outputs_file.parent / "in"
+        local_out = job.outputs_file.parent / "out"
+        local_in.mkdir()
+        with np.load(job.inputs_file, allow_pickle=False) as data:
+            for i, name in enumerate(job.feeds):
+                np.save(local_in / f"{i}.npy", data[name])
+        (local_in / "names.txt").write_text("".join(f"{n}\n" for n in job.feeds))
+        run_dir = f"{self.device_dir}/run-{uuid.uuid4().hex[:12]}"
+        d = self.device_dir
+        command = (
+            f"cd {d} && LD_LIBRARY_PATH=. ./bisect_lite_runner --model {run_dir}/model.nb --inputs {run_dir}/in "
+            f"--outputs {run_dir}/out --precision {self.precision} --tune {self.tune} --threads {self.threads} "
+            f"--runs {self.runs} --cl-cache {d}/opencl-cache/{cache_name}.bin"
+            + (f" --tune-file {d}/opencl-cache/{cache_name}.tune" if self.tune != "none" else "")
+        )
+        try:
+            self._adb_ok("shell", f"mkdir -p {run_dir} {d}/opencl-cache")
+            self._adb_ok("push", str(nb), f"{run_dir}/model.nb")
+            self._adb_ok("push", str(local_in), f"{run_dir}/in")
+            try:
+                proc = self._adb("shell", command, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._adb("shell", "pkill -f bisect_lite_runner")
+                return RunResult(
+                    "timeout", seconds=time.perf_counter() - start, message=f"no result within {timeout:g} s"
+                )
+            if proc.returncode != 0:
+                # adb shell returns the remote status; the shell reports death by signal N as 128 + N.
+                code = proc.returncode
+                what = describe_exit(-(code - 128) if 128 < code < 160 else code)
+                return RunResult(
+                    "crash",
+                    seconds=time.perf_counter() - start,
+                    message=f"runner {what}: {_tail(proc.stderr + proc.stdout)}",
+                )
+            self._adb_ok("pull", f"{run_dir}/out", str(local_out))
+        except RuntimeError as exc:
+            return RunResult("crash", seconds=time.perf_counter() - start, message=str(exc))
+        finally:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._adb("shell", f"rm -rf {run_dir}")
+        return self._collect_adb(local_out, job, time.perf_counter() - start)
+
+    @staticmethod
+    def _collect_adb(out: Path, job: Job, seconds: float) -> RunResult:
+        try:
+            info = json.loads((out / "info.json").read_text())
+            names = (out / "names.txt").read_text().splitlines()
+            arrays = [np.load(out / f"{i}.npy", allow_pickle=False) for i in range(len(names))]
+        except (OSError, ValueError) as exc:
+            return RunResult("crash", seconds=seconds, message=f"incomplete runner outputs ({exc})")
+        if len(arrays) != len(job.fetches):
+            return RunResult(
+                "crash", seconds=seconds, message=f"runner returned {len(arrays)} outputs, expected {len(job.fetches)}"
+            )
+        np.savez(job.outputs_file, **dict(zip(job.fetches, arrays, strict=True)))
+        return RunResult("ok", seconds=seconds, info={"paddle_lite_version": info.get("paddle_lite_version")})
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
+        shutil.rmtree(self._log_dir, ignore_errors=True)
