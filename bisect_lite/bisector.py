@@ -33,7 +33,7 @@ from bisect_lite.fsutil import is_inside
 from bisect_lite.inputs import prepare_inputs, save_npz
 from bisect_lite.journal import Journal
 from bisect_lite.model import Model, extract, frontier, load_model, truncate
-from bisect_lite.model.fusion import FusedGroup, describe_group, fusion_groups, group_of
+from bisect_lite.model.fusion import FusedGroup, describe_group, fusion_groups, group_of, optimized_ops
 from bisect_lite.model.slicing import with_feed_shapes
 from bisect_lite.reference import ReferenceValues
 from bisect_lite.search import ProbeOutcome, Status, bisect_first_failure, ddmin, expected_probes, grow_window
@@ -63,6 +63,8 @@ class RunOptions:
     max_culprits: int = 8
     params: Path | None = None
     force: bool = False  # replace the output of an earlier run in `out`
+    # "bisect": cut the graph; "placement": keep it whole and move OpenCL ops back to the CPU (Paddle-Lite only)
+    strategy: str = "bisect"
 
 
 @dataclass
@@ -243,6 +245,99 @@ class Bisector:
             if group is not None and group.ops == info["ops"]:
                 info["group"] = describe_group(self.model, group)
         info["fusion_note"] = self.fusion_change(culprit)
+        return info
+
+    def placement_search(self, whole: ProbeOutcome) -> dict[str, Any] | None:
+        """Keep the graph whole; move the first k OpenCL ops to the CPU (OPENCL_MEMORY_CONFIG_FILE) and binary-search
+        the smallest k that fixes the output: op k is the culprit. No cut changes any fusion."""
+        engine = self.target.engine
+        place = getattr(engine, "place_on_cpu", None)
+        if place is None or getattr(engine, "place", None) != "opencl":
+            raise InputError("--strategy placement needs a Paddle-Lite OpenCL target (e.g. --target lite:opencl)")
+        optimized = self.target.optimized_program(self.model)
+        assert optimized is not None
+        gpu = [op for op in optimized_ops(optimized) if op.place == "opencl"]
+        if not gpu:
+            self.notes.append("the target places no op on OpenCL: nothing to move back to the CPU")
+            return None
+        config_dir = self.opt.out / "placement"
+        config_dir.mkdir(exist_ok=True)
+        expected = self.values.get_many(self.model.fetches)
+        inputs = self.values.get_many(self.model.feeds)
+
+        def probe(k: int) -> ProbeOutcome:
+            moved = gpu[: k + 1]
+            config = config_dir / f"cpu-first-{k + 1}.txt"
+            lines = [f"{op.type}:{','.join(op.inputs)}:{','.join(op.outputs)}" for op in moved]
+            config.write_text("device:cpu\n" + "\n".join(lines) + "\n")
+            place(config)
+            t0 = time.perf_counter()
+            try:
+                placed = self.target.optimized_program(self.model)
+                still = (
+                    [
+                        op.type
+                        for op in optimized_ops(placed)
+                        if op.place == "opencl" and set(op.outputs) & {t for m in moved for t in m.outputs}
+                    ]
+                    if placed
+                    else []
+                )
+                if still:
+                    outcome, cmp, message = ProbeOutcome(Status.SKIP), None, f"placement ignored for {still}"
+                else:
+                    result = self.target.run(self.model, inputs)
+                    judged, cmp = self._judge(result, expected, list(self.model.fetches))
+                    # Hunted status: "fixed". FAIL here means the output is right once ops 0..k left the GPU.
+                    fixed = judged.status == Status.PASS
+                    outcome = ProbeOutcome(Status.FAIL if fixed else Status.PASS)
+                    message = "fixed" if fixed else (result.message or "still wrong")
+            finally:
+                place(None)
+            record = Probe(-1, k, [op.outputs[0] for op in moved[-1:]], outcome, cmp, time.perf_counter() - t0, message)
+            self.probes.append(record)
+            self.journal.append({"type": "probe", **record.to_dict()})
+            self.events("probe", record.to_dict())
+            return outcome
+
+        self.events("search", {"segment": -1, "ops": len(gpu), "expected": expected_probes(len(gpu))})
+        everything = probe(len(gpu) - 1)
+        if everything.status != Status.FAIL:
+            self.notes.append(
+                f"moving all {len(gpu)} OpenCL ops to the CPU does not fix the output "
+                "(or the placement did not take effect): the fault is not in one OpenCL kernel"
+            )
+            return None
+        result = bisect_first_failure(len(gpu), probe, failing=Status.FAIL, known={len(gpu) - 1: everything})
+        self.notes.extend(result.contradictions)
+        if result.first_bad is None:
+            return None
+        culprit_op = gpu[result.first_bad]
+        group = next(
+            (g for g in self.groups or [] if g.optimized and set(g.optimized.outputs) & set(culprit_op.outputs)), None
+        )
+        if group is None:
+            producers = [self.model.producers[t] for t in culprit_op.outputs if t in self.model.producers]
+            if not producers:
+                self.notes.append(f"the culprit {culprit_op.type} -> {culprit_op.outputs} has no original op")
+                return None
+            ops = [min(producers)]
+        else:
+            ops = group.ops
+        self.notes.append(
+            f"placement search: moving OpenCL op #{result.first_bad} ({culprit_op.type} -> "
+            f"{', '.join(culprit_op.outputs)}) and the ones before it to the CPU fixes the output"
+        )
+        info: dict[str, Any] = {
+            "index": ops[0],
+            "ops": ops,
+            "segment": 0,
+            "status": STATUS_WORD[whole.status],
+            "flaky": result.flaky,
+            "linear_refined": result.linear_refined,
+        }
+        if len(ops) > 1 and group is not None:
+            info["group"] = describe_group(self.model, group)
         return info
 
     def fusion_groups(self) -> list[FusedGroup] | None:
@@ -573,7 +668,7 @@ def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict
     job.groups = job.fusion_groups()
     start, outcome = 0, whole
     while True:
-        found = job.search_segment(start, outcome)
+        found = job.placement_search(whole) if options.strategy == "placement" else job.search_segment(start, outcome)
         if found is None:
             break
         culprit = found["index"]
@@ -590,7 +685,12 @@ def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict
         if confirmed["kind"] != "context":
             report["_found"].append((confirmed, entry))
         last = max(found["ops"])
-        if not options.find_all or len(report["culprits"]) >= options.max_culprits or last >= n - 1:
+        if (
+            options.strategy != "bisect"
+            or not options.find_all
+            or len(report["culprits"]) >= options.max_culprits
+            or last >= n - 1
+        ):
             break
         start = last + 1
         emit("phase", {"name": "continue", "detail": f"ops {start}..{n - 1} fed with reference values"})
@@ -598,7 +698,7 @@ def _run(job: Bisector, model: Model, options: RunOptions, emit: Events) -> dict
         if outcome.status == Status.PASS:
             break
     report["probes"] = [p.to_dict() for p in job.probes]
-    report["search_probes"] = sum(1 for p in job.probes if p.segment == 0)
+    report["search_probes"] = sum(1 for p in job.probes if p.segment in (0, -1))  # -1: placement probes
     return report
 
 

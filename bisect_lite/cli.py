@@ -268,6 +268,14 @@ def run(
     ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace the output of an earlier run in --out.")] = False,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            help="bisect: cut the graph (default); placement: keep it whole and move OpenCL ops back to the CPU "
+            "(Paddle-Lite OpenCL targets).",
+        ),
+    ] = "bisect",
     max_memory: Annotated[
         str, typer.Option("--max-memory", help="Memory budget for reference values, e.g. 2G.")
     ] = "1G",
@@ -295,6 +303,8 @@ def run(
         ref, target = _recorded_engines(out_dir, ref, target)
     ref_spec, target_spec = resolve_engines(ref, target)
     config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
+    if strategy not in ("bisect", "placement"):
+        raise InputError(f"--strategy {strategy!r}: expected bisect or placement")
     options = RunOptions(
         ref=ref_spec,
         target=target_spec,
@@ -313,6 +323,7 @@ def run(
         verbose=verbose,
         params=params,
         force=force,
+        strategy=strategy,
     )
     from bisect_lite.progress import RunProgress
 

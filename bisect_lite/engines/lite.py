@@ -43,6 +43,7 @@ from bisect_lite.errors import EngineUnavailable, InputError
 VALID_TARGETS = {"arm": "arm", "opencl": "opencl,arm", "x86": "x86"}
 WORKER_SCRIPT = Path(__file__).with_name("lite_worker.py")
 OPT_TIMEOUT = 600.0
+VERSION_WARNING = "not consistent with current Paddle-Lite version"  # what the runtime logs before it dies
 
 
 def _tail(text: str, lines: int = 8) -> str:
@@ -96,6 +97,7 @@ class LiteEngine(Engine):
         self._opt_version: str | None = None
         self._runtime: dict[str, Any] = {}
         self._remote_ready = False
+        self.placement: str | None = None
 
     @property
     def half_precision(self) -> bool:
@@ -176,8 +178,13 @@ class LiteEngine(Engine):
         return self._opt_version
 
     def _memory_config(self) -> str | None:
-        config = self.option("memory_config")
+        config = self.placement or self.option("memory_config")
         return str(Path(config).resolve()) if config else None
+
+    def place_on_cpu(self, config_file: Path | None) -> None:
+        """Use this OPENCL_MEMORY_CONFIG_FILE (ops forced onto the CPU) for the next conversions; None resets.
+        Each placement converts into its own cache directory."""
+        self.placement = str(config_file) if config_file else None
 
     def convert(self, model_dir: Path, work_dir: Path, memory_config: str | None = None) -> tuple[Path, Path]:
         """opt -> (model.nb, optimised protobuf dir), cached in work_dir (per model and engine key)."""
@@ -236,6 +243,11 @@ class LiteEngine(Engine):
         result = self._run_adb(nb, job, left, cache_name) if self.adb else self._run_worker(nb, job, left, cache_name)
         if result.ok:
             self._check_version(result.info.get("paddle_lite_version"))
+        elif VERSION_WARNING in result.message:
+            raise EngineUnavailable(
+                f"the Paddle-Lite runtime refuses .nb files from opt {self.opt_version()} (it warns: "
+                f"'{VERSION_WARNING}' and then fails): use the opt of the runtime's release (opt=PATH)"
+            )
         return result
 
     def _check_version(self, runtime: str | None) -> None:
