@@ -67,8 +67,8 @@ class LiteEngine(Engine):
         "python": "interpreter for the worker (locally, or on the board with ssh=)",
         "ssh": "USER@HOST of an ARM board",
         "serial": "adb device serial",
-        "runner": "path of the built native runner (default: runners/android/build/bisect_lite_runner)",
-        "libs": "directory holding libpaddle_light_api_shared.so (and libc++_shared.so) for adb",
+        "runner": "the built native runner (default: runners/android/build/android-arm64-v8a/dist/bisect_lite_runner)",
+        "libs": "directory of libpaddle_light_api_shared.so and libc++_shared.so (default: the runner's directory)",
         "device_dir": "working directory on the phone (default /data/local/tmp/bisect-lite)",
         "threads": "CPU threads",
         "runs": "runs per inference; results of the last (catches second-run memory-reuse bugs)",
@@ -132,8 +132,9 @@ class LiteEngine(Engine):
                     f"native runner {self._runner_path()} not found: build it with runners/android/build.sh "
                     "or pass runner=PATH"
                 )
-            if not self.option("libs"):
-                return "adb needs libs=DIR, the inference_lite_lib cxx/lib directory with libpaddle_light_api_shared.so"
+            if not list(self._libs_dir().glob("libpaddle_light_api_shared.so")):
+                return (f"libpaddle_light_api_shared.so not found in {self._libs_dir()}: pass libs=DIR (the "
+                        "inference_lite_lib cxx/lib directory, plus the NDK's libc++_shared.so)")
         elif self.ssh:
             if shutil.which("ssh") is None or shutil.which("scp") is None:
                 return "ssh and scp are needed for ssh="
@@ -329,8 +330,12 @@ class LiteEngine(Engine):
 
     # -- Android over adb
     def _runner_path(self) -> str:
-        default = Path(__file__).resolve().parents[2] / "runners" / "android" / "build" / "bisect_lite_runner"
-        return self.option("runner") or str(default)
+        # Where runners/android/build.sh leaves the runner and the libraries it needs.
+        dist = Path(__file__).resolve().parents[2] / "runners" / "android" / "build" / "android-arm64-v8a" / "dist"
+        return self.option("runner") or str(dist / "bisect_lite_runner")
+
+    def _libs_dir(self) -> Path:
+        return Path(self.option("libs") or Path(self._runner_path()).parent)
 
     def _adb(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         serial = ["-s", self.option("serial") or ""] if self.option("serial") else []
@@ -349,8 +354,7 @@ class LiteEngine(Engine):
         self._adb_ok("shell", f"mkdir -p {d}")
         self._adb_ok("push", self._runner_path(), f"{d}/bisect_lite_runner")
         self._adb_ok("shell", f"chmod 755 {d}/bisect_lite_runner")
-        libs = Path(self.option("libs") or "")
-        for lib in sorted(libs.glob("*.so")):
+        for lib in sorted(self._libs_dir().glob("*.so")):
             self._adb_ok("push", str(lib), f"{d}/{lib.name}")
         model = self._adb("shell", "getprop ro.product.model").stdout.strip()
         release = self._adb("shell", "getprop ro.build.version.release").stdout.strip()
