@@ -533,3 +533,15 @@ def test_render_issue_crash_and_fp32():
     assert text.startswith("# [OpenCL] conv2d crashes (fp32), works on ARM")
     assert "CL_PRECISION_FP32" in text
     assert "CL_PRECISION_FP32" in python_snippet("fp32") and "CL_PRECISION_FP16" in python_snippet(None)
+
+
+def test_fused_group_is_named_as_a_group():
+    report = report_dict("mismatch")
+    report["culprits"][0].update(kind="group", ops=[10, 11, 12])
+    assert "Blamed as a fused group" in render_report(report, None)
+    repro = repro_dict()
+    repro.update(kind="group", ops=[{"index": 10, "type": "conv2d"}, {"index": 11, "type": "batch_norm"},
+                                    {"index": 12, "type": "relu"}])
+    issue = render_issue(repro)
+    assert "(+2 fused ops)" in issue.splitlines()[0]
+    assert "fuses into one kernel" in issue and "these 3 ops" in issue

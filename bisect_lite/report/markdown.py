@@ -112,7 +112,12 @@ def _culprit_section(n: int, total: int, c: Mapping[str, Any]) -> list[str]:
     out = [title, ""]
     kind = c.get("kind", "op")
     ops = list(c.get("ops") or [])
-    if kind == "subgraph":
+    if kind == "group":
+        out.append(
+            f"Blamed as a fused group ({_ops(ops)}): the target runs these ops as one kernel, so no cut can "
+            "separate them without undoing the fusion; the group alone, fed with reference inputs, fails."
+        )
+    elif kind == "subgraph":
         out.append(
             f"Blamed as a subgraph of {len(ops)} ops ({_ops(ops)}): it could not be split further "
             "(a fused group, or cuts inside it could not be evaluated)."

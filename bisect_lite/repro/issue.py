@@ -50,7 +50,8 @@ def render_issue(repro: Mapping[str, Any]) -> str:
     worst = _worst(metrics)
     crash = diag.get("kind") == "crash"
     kind = repro.get("kind", "op")
-    subject = op_type if kind != "subgraph" else f"{op_type} (+{max(len(repro.get('ops') or []) - 1, 0)} fused ops)"
+    extra = max(len(repro.get("ops") or []) - 1, 0)
+    subject = op_type if kind not in ("subgraph", "group") else f"{op_type} (+{extra} fused ops)"
 
     numbers = [f"rel L2 {_num(worst.get('rel_l2'), 2)}"] if worst and worst.get("rel_l2") is not None else []
     if precision:
@@ -105,7 +106,8 @@ def _summary(
                 f"rtol {_num(tol.get('rtol'))}"
             )
         text += "."
-    return ["### Summary", "", text + " The bundle below reproduces it with this single op and fixed inputs.", ""]
+    size = "this single op" if repro.get("kind", "op") == "op" else f"these {len(repro.get('ops') or [])} ops"
+    return ["### Summary", "", text + f" The bundle below reproduces it with {size} and fixed inputs.", ""]
 
 
 def _environment(ref: Mapping[str, Any], tgt: Mapping[str, Any], precision: str | None) -> list[str]:
@@ -124,9 +126,10 @@ def _environment(ref: Mapping[str, Any], tgt: Mapping[str, Any], precision: str 
 def _op_section(repro: Mapping[str, Any], op: Mapping[str, Any], op_type: str) -> list[str]:
     out = ["### The op", ""]
     ops = list(repro.get("ops") or [])
-    if repro.get("kind") == "subgraph" and ops:
+    if repro.get("kind") in ("subgraph", "group") and ops:
         chain = " → ".join(f"`{o.get('type', '?')}` (#{o.get('index', '?')})" for o in ops)
-        out += [f"A fused group that could not be split: {chain}. The attributes below are of `{op_type}`.", ""]
+        what = "A group the target fuses into one kernel" if repro.get("kind") == "group" else "A subgraph"
+        out += [f"{what}: {chain}. The attributes below are of `{op_type}`.", ""]
     attrs = visible_attrs(op.get("attrs") or {})
     if attrs:
         out += ["| attribute | value |", "|---|---|"]
