@@ -125,7 +125,9 @@ def test_nan_in_target_fails():
 def test_nan_in_target_fails_under_every_error_stat():
     for stat in ("max", "mean", "median"):
         m = cmp(
-            np.float32([1.0, 2.0]), np.float32([1.0, np.nan]), CompareConfig(default=T1, scale_atol=False, check_error_stat=stat)
+            np.float32([1.0, 2.0]),
+            np.float32([1.0, np.nan]),
+            CompareConfig(default=T1, scale_atol=False, check_error_stat=stat),
         )
         assert not m.passed and "NaN in target" in m.reason
 
@@ -150,7 +152,11 @@ def test_all_nan_in_both_passes_with_no_statistics():
 
 def test_inf_in_target_where_reference_finite_fails_even_with_allow_inf():
     for allow in (False, True):
-        m = cmp(np.float32([1.0, 2.0]), np.float32([1.0, np.inf]), CompareConfig(default=T1, scale_atol=False, allow_inf=allow))
+        m = cmp(
+            np.float32([1.0, 2.0]),
+            np.float32([1.0, np.inf]),
+            CompareConfig(default=T1, scale_atol=False, allow_inf=allow),
+        )
         assert not m.passed and "inf in target (1 elements)" in m.reason
         assert m.inf_target == 1
 
@@ -369,7 +375,9 @@ def test_error_stat_fails_only_if_both_statistics_exceed():
 def test_mean_rel_counts_exact_zeros_as_zero_error():
     # 0/0 relative error must count as 0, not NaN (a NaN mean would compare as "not above rtol" and pass).
     m = cmp(
-        np.float64([0, 0, 1, 1]), np.float64([0, 0, 1, 1.5]), CompareConfig(default=T1, scale_atol=False, check_error_stat="mean")
+        np.float64([0, 0, 1, 1]),
+        np.float64([0, 0, 1, 1.5]),
+        CompareConfig(default=T1, scale_atol=False, check_error_stat="mean"),
     )
     assert not m.passed
     assert "mean rel 0.125" in m.reason
