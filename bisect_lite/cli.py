@@ -210,6 +210,7 @@ def compare(
         verdict = report["verdict"]
         detail = f": {report.get('message', '')}" if verdict == "crash" else ""
         out.print(f"{verdict.upper()}: {target_spec} vs {ref_spec}{detail}")
+        out.print(f"inputs: {report['inputs_file']} (repeat with --inputs)")
     raise typer.Exit(0 if report["verdict"] == "match" else 1)
 
 

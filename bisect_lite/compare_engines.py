@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bisect_lite.cache import Cache
+from bisect_lite.cache import Cache, default_root, inputs_hash
 from bisect_lite.compare import CompareConfig, compare_outputs
 from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
 from bisect_lite.errors import EngineUnavailable
@@ -33,8 +33,10 @@ def compare_engines(
     """Returns {"verdict": match|mismatch|crash, "comparison", "reference", "target", ...}."""
     model = load_model(model_path, params)
     feeds = prepare_inputs(model, inputs, shapes=shapes, seed=seed, int_range=int_range)
-    if save_inputs is not None:
-        save_npz(save_inputs, feeds)
+    # The inputs used are saved with every result, so any comparison can be repeated (--inputs FILE).
+    if save_inputs is None:
+        save_inputs = default_root() / "inputs" / f"{inputs_hash(feeds)}.npz"
+    save_npz(save_inputs, feeds)
     if compare is None:
         from bisect_lite.engines.registry import default_tolerance
 
@@ -53,6 +55,7 @@ def compare_engines(
             "reference": {"engine": ref, "facts": runners[0].facts(), "seconds": round(ref_result.seconds, 4)},
             "target": {"engine": target, "facts": runners[1].facts(), "seconds": round(target_result.seconds, 4)},
             "tolerance": {"atol": config.default.atol, "rtol": config.default.rtol},
+            "inputs_file": str(save_inputs),
         }
         if not target_result.ok:
             report.update(verdict="crash", status=target_result.status, message=target_result.message, comparison=None)

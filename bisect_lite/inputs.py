@@ -6,6 +6,7 @@ The inputs actually used are saved with every result, so any run can be repeated
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ def parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
         try:
             if not eq or not name:
                 raise ValueError
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+            shape = tuple(int(d) for d in re.split(r"[,x]", dims))  # 1,3,224,224 or 1x3x224x224
             if not shape or any(d <= 0 for d in shape):
                 raise ValueError
         except ValueError:

@@ -295,3 +295,61 @@ def test_cli_truncate_and_extract(tmp_path, capsys, paddle):
     code, _, err = run_cli(["extract", str(FIXTURES / "unet"), "--op", "3..5", "-o", str(tmp_path / "e")], capsys)
     assert code == 0, err
     assert len(load_model(tmp_path / "e").ops) == 3
+
+
+def _control_flow_model(paddle, path: Path) -> None:
+    """A legacy program with a conditional_block (a sub-block) that conditionally overwrites `branch_out`."""
+    from paddle.base.layer_helper import LayerHelper
+    from paddle.static.nn.control_flow import ConditionalBlock
+
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [1, 4], "float32")
+        h = paddle.static.nn.fc(x, 4)
+        helper = LayerHelper("cf")
+        zero = paddle.static.create_global_var([1], 0.0, "float32", persistable=True, name="zero")
+        mean = helper.create_variable_for_type_inference("float32")
+        helper.append_op(
+            type="reduce_mean",
+            inputs={"X": [h]},
+            outputs={"Out": [mean]},
+            attrs={"dim": [0, 1], "keep_dim": False, "reduce_all": True},
+        )
+        cond = helper.create_variable_for_type_inference("bool")
+        helper.append_op(type="greater_than", inputs={"X": [mean], "Y": [zero]}, outputs={"Out": [cond]})
+        out = main.global_block().create_var(name="branch_out", dtype="float32", shape=[1, 4])
+        helper.append_op(type="scale", inputs={"X": [h]}, outputs={"Out": [out]}, attrs={"scale": -1.0})
+        block = ConditionalBlock([cond], is_scalar_condition=True)
+        with block.block():
+            tmp = helper.create_variable_for_type_inference("float32")
+            helper.append_op(type="scale", inputs={"X": [h]}, outputs={"Out": [tmp]}, attrs={"scale": 2.0})
+            helper.append_op(type="assign", inputs={"X": [tmp]}, outputs={"Out": [out]})
+        y = helper.create_variable_for_type_inference("float32")
+        helper.append_op(type="relu", inputs={"X": [out]}, outputs={"Out": [y]})
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    scope = paddle.static.Scope()
+    with paddle.static.scope_guard(scope):
+        exe.run(startup)
+        paddle.static.save_inference_model(str(path / "model"), [x], [y], exe, program=main)
+
+
+def test_control_flow_ops_are_kept_whole(paddle, tmp_path):
+    _control_flow_model(paddle, tmp_path / "cf")
+    model = load_model(tmp_path / "cf")
+    [cb] = [op for op in model.ops if op.type == "conditional_block"]
+    assert cb.sub_blocks == (1,)
+    assert "branch_out" in cb.reads  # it may keep the value the scale before it wrote
+    relu_out = model.fetches[0]
+    for sign in (1.0, -1.0):  # both branches
+        feeds = {"x": (sign * np.abs(np.random.default_rng(0).standard_normal((1, 4)))).astype(np.float32)}
+        full = predict(tmp_path / "cf", feeds)[relu_out]
+        for target in ("branch_out", relu_out):
+            cut = truncate(model, [target])
+            assert len(cut.program.blocks) == 2 and "conditional_block" in [o.type for o in cut.ops]
+            assert "scale" in [o.type for o in cut.ops]  # the value the branch may leave untouched
+            out = tmp_path / f"cut-{target}-{sign}"
+            save_model(cut, out)
+            got = predict(out, feeds)[target]
+            if target == relu_out:
+                np.testing.assert_array_equal(got, full)
+    assert frontier(model, cb.index) == ["branch_out"]

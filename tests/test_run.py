@@ -237,3 +237,13 @@ def test_out_dir_rules(tmp_path, capsys):
         ["run", str(FIXTURES / "resnet"), "--target", "nonsense:zz", "--out", str(tmp_path / "o")], capsys
     )
     assert code == 2 and "unknown engine" in err
+
+
+def test_memory_budget_splits_the_reference_dump(faulty, tmp_path):
+    """A tiny --max-memory spills the reference values in many batches; the answer does not change."""
+    target = faulty({"kind": "scale", "tensor": "batch_norm_7.tmp_0", "factor": 1.3})
+    report = bisect("resnet", target, tmp_path, minimise=False, max_memory=64 * 1024)
+    batches = sorted((tmp_path / "out" / "reference").glob("batch-*.npz"))
+    assert len(batches) > 5
+    assert all(b.stat().st_size < 64 * 1024 for b in batches)
+    assert report["culprits"][0]["index"] == 23

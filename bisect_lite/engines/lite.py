@@ -133,8 +133,10 @@ class LiteEngine(Engine):
                     "or pass runner=PATH"
                 )
             if not list(self._libs_dir().glob("libpaddle_light_api_shared.so")):
-                return (f"libpaddle_light_api_shared.so not found in {self._libs_dir()}: pass libs=DIR (the "
-                        "inference_lite_lib cxx/lib directory, plus the NDK's libc++_shared.so)")
+                return (
+                    f"libpaddle_light_api_shared.so not found in {self._libs_dir()}: pass libs=DIR (the "
+                    "inference_lite_lib cxx/lib directory, plus the NDK's libc++_shared.so)"
+                )
         elif self.ssh:
             if shutil.which("ssh") is None or shutil.which("scp") is None:
                 return "ssh and scp are needed for ssh="

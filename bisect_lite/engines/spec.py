@@ -54,7 +54,7 @@ def parse_spec(text: str) -> EngineSpec:
     for item in rest.split(",") if rest else []:
         key, eq, value = item.partition("=")
         key = key.strip()
-        if not _TOKEN.match(key or "-bad-"):
+        if not key or not _TOKEN.match(key):
             raise InputError(f"engine spec {text!r}: cannot parse {item!r} (expected WORD or KEY=VALUE)")
         if eq:
             if key in options:

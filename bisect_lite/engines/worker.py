@@ -118,7 +118,19 @@ class Worker:
 
     # ---- runs ---------------------------------------------------------------------------------------------
     def run(self, job: Job, timeout: float, extra: dict[str, Any] | None = None) -> RunResult:
-        """One run; `extra` adds fields to the request (for workers speaking an extended protocol)."""
+        """One run; `extra` adds fields to the request (for workers speaking an extended protocol).
+
+        A worker that dies during a run gets one retry in a fresh process: it may have died of something else
+        (killed between runs, out of memory), and a false `crash` would send the search the wrong way. A real
+        crash repeats and stays a crash."""
+        result = self._run_once(job, timeout, extra)
+        if result.status == "crash" and result.message.startswith("worker died"):
+            retry = self._run_once(job, timeout, extra)
+            if retry.ok or retry.status == "timeout":
+                return retry
+        return result
+
+    def _run_once(self, job: Job, timeout: float, extra: dict[str, Any] | None) -> RunResult:
         if self.proc is None or self.proc.poll() is not None:
             self.start()
         assert self.proc is not None and self.proc.stdin is not None

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bisect_lite.model.proto import DTYPE_NAMES, FEED_MINIBATCH, FETCH_LIST, RAW, framework_pb2
+from bisect_lite.model.proto import DENSE_TENSOR, DTYPE_NAMES, FEED_MINIBATCH, FETCH_LIST, RAW, framework_pb2
 
 # Outputs that hold no comparable inference data: shape carriers with no memory, training statistics.
 NON_DATA_SLOTS = {"XShape"}
@@ -187,6 +187,8 @@ class Model:
                     # Only names that live in block 0 connect the op to the rest of the graph.
                     reads |= r & names0
                     writes |= w & names0
+                # A branch that may not run leaves its outputs' earlier values in place: they are inputs too.
+                reads |= {w for w in writes if w in self.vars and self.vars[w].kind == DENSE_TENSOR}
             ops.append(
                 Op(len(ops), desc_index, od.type, inputs, outputs, tuple(subs), frozenset(reads), frozenset(writes))
             )

@@ -87,7 +87,9 @@ def frontier(model: Model, cut: int) -> list[str]:
     for index, name in model.data_tensors():
         if index > cut:
             break
-        if model.last_use.get(name, -1) > cut and model.producers.get(name) == index:
+        # A tensor rewritten later (in place, or by a control-flow op) counts from its last writer on:
+        # truncating at its name computes that final value.
+        if model.producers.get(name, index) <= cut < model.last_use.get(name, -1):
             out.append(name)
     return out
 
