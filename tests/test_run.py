@@ -245,5 +245,6 @@ def test_memory_budget_splits_the_reference_dump(faulty, tmp_path):
     report = bisect("resnet", target, tmp_path, minimise=False, max_memory=64 * 1024)
     batches = sorted((tmp_path / "out" / "reference").glob("batch-*.npz"))
     assert len(batches) > 5
-    assert all(b.stat().st_size < 64 * 1024 for b in batches)
+    for batch in batches:  # under the budget, unless one tensor alone is larger
+        assert batch.stat().st_size < 64 * 1024 or len(np.load(batch).files) == 1
     assert report["culprits"][0]["index"] == 23
