@@ -174,9 +174,12 @@ class Bisector:
     def _replayed(self, start: int) -> dict[int, ProbeOutcome]:
         """Probes of this segment finished by an earlier, interrupted run (positions relative to `start`)."""
         known: dict[int, ProbeOutcome] = {}
+        seen = {(p.segment, p.cut) for p in self.probes}  # made in this session (e.g. the whole segment)
         for e in self.journal.find(type="probe", segment=start):
             status = {v: k for k, v in STATUS_WORD.items()}[e["verdict"]]
             known[e["cut"] - start] = ProbeOutcome(status, blame=e.get("blame"), detail=e.get("message"))
+            if (start, e["cut"]) in seen:
+                continue
             self.probes.append(
                 Probe(
                     start,

@@ -17,7 +17,6 @@ import numpy as np
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable
 from bisect_lite.fsutil import atomic_write_text
-from bisect_lite.inputs import save_npz
 from bisect_lite.model import Model, truncate
 
 
@@ -102,7 +101,8 @@ class ReferenceValues:
             batch = pending.pop(0)
             cut = truncate(model, batch)
             feeds = {f: self.inputs[f] for f in cut.feeds}
-            first = runner.run(cut, feeds)
+            file = f"batch-{done}.npz"
+            first = runner.run(cut, feeds, keep=self.directory / file)
             if not first.ok:
                 first_failure = first_failure or f"{first.status}: {first.message}"
                 if len(batch) > 1:
@@ -116,8 +116,6 @@ class ReferenceValues:
                 for name in batch:
                     if not same_values(first.outputs[name], second.outputs[name]):
                         self.nondeterministic.append(name)
-            file = f"batch-{done}.npz"
-            save_npz(self.directory / file, first.outputs)
             index.update(dict.fromkeys(batch, file))
             done += 1
             if on_batch:

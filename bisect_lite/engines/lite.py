@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -93,7 +94,7 @@ class LiteEngine(Engine):
         self.runs = self.int_option("runs", 1)
         self.device_dir = self.option("device_dir", "/data/local/tmp/bisect-lite")
         self._worker: Worker | None = None
-        self._log_dir = Path(tempfile.mkdtemp(prefix="bisect-lite-lite-"))
+        self._log_dir: Path | None = None  # made by the first worker: engines built only to ask questions leave nothing
         self._opt_version: str | None = None
         self._runtime: dict[str, Any] = {}
         self._remote_ready = False
@@ -189,20 +190,21 @@ class LiteEngine(Engine):
         Each placement converts into its own cache directory."""
         self.placement = str(config_file) if config_file else None
 
-    def convert(self, model_dir: Path, work_dir: Path, memory_config: str | None = None) -> tuple[Path, Path]:
-        """opt -> (model.nb, optimised protobuf dir), cached in work_dir (per model and engine key)."""
-        memory_config = memory_config or self._memory_config()
+    def convert(self, model_dir: Path, work_dir: Path, kind: str = "naive_buffer") -> Path:
+        """opt -> `model.nb` (naive_buffer, what runs) or `optimized/` (protobuf, what it fused), cached in work_dir
+        (per model and engine key; per placement when ops are forced onto the CPU)."""
+        memory_config = self._memory_config()
         if memory_config:
             tag = hashlib.sha256(Path(memory_config).read_bytes()).hexdigest()[:12]
             work_dir = work_dir / f"placement-{tag}"
         work_dir.mkdir(parents=True, exist_ok=True)
-        nb, pb = work_dir / "model.nb", work_dir / "optimized"
-        for kind, out in (("naive_buffer", work_dir / "model"), ("protobuf", pb)):
-            done = nb if kind == "naive_buffer" else pb / "model"
-            if done.exists():
-                continue
+        if kind == "naive_buffer":
+            out, done = work_dir / "model", work_dir / "model.nb"
+        else:
+            out = done = work_dir / "optimized"
+        if not done.exists():
             self._run_opt(model_dir, kind, out, memory_config)
-        return nb, pb
+        return done
 
     def _run_opt(self, model_dir: Path, kind: str, out: Path, memory_config: str | None) -> None:
         program = self._opt_program()
@@ -232,13 +234,13 @@ class LiteEngine(Engine):
         os.replace(produced, final)
 
     def optimized_program(self, model_dir: Path, work_dir: Path) -> Path | None:
-        return self.convert(model_dir, work_dir)[1]
+        return self.convert(model_dir, work_dir, "protobuf")
 
     # ---- running -----------------------------------------------------------------------------------------
     def execute(self, job: Job, timeout: float) -> RunResult:
         start = time.perf_counter()
         try:
-            nb, _ = self.convert(job.model_dir, job.work_dir)
+            nb = self.convert(job.model_dir, job.work_dir)
         except RuntimeError as exc:
             return RunResult("crash", seconds=time.perf_counter() - start, message=f"conversion: {exc}")
         left = max(timeout - (time.perf_counter() - start), 1.0)
@@ -247,8 +249,11 @@ class LiteEngine(Engine):
         if result.ok:
             self._check_version(result.info.get("paddle_lite_version"))
         elif VERSION_WARNING in result.message:
+            # The runtime logs "version of current Paddle-Lite:vX" right after the warning.
+            found = re.search(r"version of current Paddle-Lite:\s*(\S+)", result.message)
+            runtime = found.group(1) if found else "of another release"
             raise EngineUnavailable(
-                f"the Paddle-Lite runtime refuses .nb files from opt {self.opt_version()} (it warns: "
+                f"the Paddle-Lite runtime {runtime} refuses .nb files from opt {self.opt_version()} (it warns: "
                 f"'{VERSION_WARNING}' and then fails): use the opt of the runtime's release (opt=PATH)"
             )
         return result
@@ -309,6 +314,7 @@ class LiteEngine(Engine):
                     cache_dir=f"{self.device_dir}/opencl-cache",
                 )
             if self._worker is None:
+                self._log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="bisect-lite-lite-"))
                 self._worker = Worker(str(self.spec), self._log_dir / "worker.log", command=self._worker_command())
             result = self._worker.run(job, timeout, extra=request)
             if result.ok and remote_job:
@@ -326,7 +332,9 @@ class LiteEngine(Engine):
     def _prepare_remote(self) -> None:
         if self._remote_ready:
             return
-        self._ssh(f"mkdir -p {shlex.quote(self.device_dir)}")
+        proc = self._ssh(f"mkdir -p {shlex.quote(self.device_dir)}")
+        if proc.returncode != 0:  # an unreachable board is no verdict on the model
+            raise EngineUnavailable(f"engine {self.spec}: cannot use the board {self.ssh}: {_tail(proc.stderr)}")
         self._scp([str(WORKER_SCRIPT)], f"{self.ssh}:{self.device_dir}/lite_worker.py")
         self._remote_ready = True
 
@@ -361,7 +369,7 @@ class LiteEngine(Engine):
         model = self._adb("shell", "getprop ro.product.model").stdout.strip()
         release = self._adb("shell", "getprop ro.build.version.release").stdout.strip()
         info = self._adb("shell", f"cd {d} && LD_LIBRARY_PATH=. ./bisect_lite_runner --info")
-        self._runtime.update(device=model, android=release)
+        self._runtime.update(device_model=model, android=release)
         with contextlib.suppress(ValueError):
             self._runtime.update(
                 {
@@ -440,4 +448,6 @@ class LiteEngine(Engine):
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
-        shutil.rmtree(self._log_dir, ignore_errors=True)
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None

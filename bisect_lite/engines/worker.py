@@ -153,7 +153,8 @@ class Worker:
         seconds = time.perf_counter() - start
         self._echo_log()
         if msg is None:
-            timed_out = self.proc is not None and self.proc.poll() is None
+            # End of file before the deadline is a death, even if the process is not reapable yet.
+            timed_out = seconds >= timeout and self.proc is not None and self.proc.poll() is None
             reason = f"no answer within {timeout:g} s" if timed_out else self._death_reason("died")
             result = RunResult("timeout" if timed_out else "crash", seconds=seconds, message=reason)
             self.stop()  # restarted lazily by the next run
