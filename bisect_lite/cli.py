@@ -36,6 +36,23 @@ def _print_json(data: Any) -> None:
     out.print_json(json.dumps(data, allow_nan=False), highlight=False)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from bisect_lite import __version__
+
+        out.print(f"bisect-lite {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Find the first op whose output differs between a reference engine and a target engine."""
+
+
 # ---- model commands ------------------------------------------------------------------------------------
 @app.command()
 def ops(model: ModelArg, params: ParamsOpt = None, as_json: Json = False) -> None:

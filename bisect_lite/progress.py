@@ -8,6 +8,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def _error(value: Any) -> str:
+    """A probe's worst error as text: a number, or "inf" when NaN/Inf appeared."""
+    if value is None:
+        return ""
+    return f"rel L2 {value:.3g}" if isinstance(value, (int, float)) else f"rel L2 {value}"
+
+
 class RunProgress:
     def __init__(self, console: Console, enabled: bool = True) -> None:
         self.enabled = enabled and console.is_terminal
@@ -22,7 +29,7 @@ class RunProgress:
             console=console,
             transient=True,
         )
-        self.task = None
+        self.task: Any = None
 
     def __enter__(self) -> RunProgress:
         if self.enabled:
@@ -38,23 +45,21 @@ class RunProgress:
         if not self.enabled or self.task is None:
             return
         if kind == "phase":
-            self.progress.update(self.task, description=f"{data['name']}: {data['detail']}", total=None, completed=0)
+            # reset, not update: update(total=None) would keep the previous phase's total
+            self.progress.reset(self.task, total=None, description=f"{data['name']}: {data['detail']}")
         elif kind == "batch":
             self.progress.update(self.task, total=data["total"], completed=data["done"])
         elif kind == "search":
-            self.progress.update(
+            what = "placement search over" if data["segment"] == -1 else "bisecting"
+            self.progress.reset(
                 self.task,
-                description=f"bisecting {data['ops']} ops (about {data['expected']} probes)",
                 total=max(data["expected"], 1),
-                completed=0,
+                description=f"{what} {data['ops']} ops (about {data['expected']} probes)",
             )
         elif kind == "probe":
             task = self.progress.tasks[0]
             total = max(task.total or 1, task.completed + 1)
-            err = data.get("worst_rel_l2")
-            what = f"cut {data['cut']}: {data['verdict']}" + (f" (rel L2 {err:.2g})" if err else "")
-            self.progress.update(self.task, total=total, advance=1, description=f"bisecting: {what}")
-            self.console.log(
-                f"probe cut {data['cut']:>4}  {data['verdict']:<5}  "
-                + (f"rel L2 {err:.3g}" if err is not None else data.get("message", "")[:80])
-            )
+            text = f"cut {data['cut']}: {data['verdict']}"
+            self.progress.update(self.task, total=total, advance=1, description=f"bisecting: {text}")
+            detail = _error(data.get("worst_rel_l2")) or data.get("message", "")[:80]
+            self.console.print(f"probe cut {data['cut']:>4}  {data['verdict']:<5}  {detail}", highlight=False)
