@@ -518,7 +518,7 @@ def prepare_out_dir(out: Path, model: Model, resume: bool, force: bool = False) 
             _remove_tree(out)
         if resume and not has_journal:
             raise InputError(f"--resume: {out} holds no journal of an earlier run")
-        if not resume and any(out.iterdir()):
+        if not resume and out.exists() and any(out.iterdir()):
             hint = (
                 "use --resume to continue it or --force to replace it"
                 if has_journal

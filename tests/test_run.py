@@ -224,6 +224,29 @@ def test_interrupt_then_resume_repeats_no_probe(faulty, tmp_path):
     assert [p["cut"] for p in report["probes"]][:2] == seen
 
 
+def test_force_replaces_an_earlier_run_only(tmp_path, capsys):
+    args = [
+        "run",
+        str(FIXTURES / "fp16_overflow"),
+        "--ref",
+        "paddle",
+        "--target",
+        "fp16",
+        "--no-minimise",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert run_cli(args, capsys)[0] == 1
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "--force" in err
+    assert run_cli([*args, "--force"], capsys)[0] == 1  # an earlier run's directory is replaced
+    assert (tmp_path / "out" / "report.json").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    code, _, err = run_cli([*args[:-1], str(tmp_path / "mine"), "--force"], capsys)
+    assert code == 2 and "refusing" in err and (tmp_path / "mine" / "notes.txt").exists()
+
+
 def test_out_dir_rules(tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("user file")
