@@ -349,7 +349,7 @@ def run(
         with RunProgress(err, enabled=not as_json) as progress:
             report = run_bisect(model, options, progress.event)
     except KeyboardInterrupt:
-        err.print(f"interrupted; continue with: bisect-lite run {model} --out {out_dir} --resume", markup=False)
+        sys.stderr.write(f"interrupted; continue with: bisect-lite run {model} --out {out_dir} --resume\n")
         raise typer.Exit(130) from None
     if as_json:
         _print_json(report)
