@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,9 @@ def main() -> None:
                       f"{report['engine_seconds']:>8.2f} {100 * outside:>7.1f}% {wall:>7.2f}")
         finally:
             server.kill()
+        # Peak memory of this process (the bisect-lite side; engines run in their own processes).
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of the bisect-lite process: {peak:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ class EngineRunner:
         directory = self.engine.optimized_program(
             self.cache.model_dir(model), self.cache.prepared_dir(model, self._key)
         )
-        return load_model(directory) if directory else None
+        return load_model(directory, with_params=False) if directory else None
 
     def close(self) -> None:
         self.engine.close()

@@ -81,8 +81,11 @@ def locate(path: Path, params: Path | None = None) -> tuple[Path, Path | None, s
     )
 
 
-def load_model(path: str | Path, params: str | Path | None = None) -> Model:
-    """Load a legacy inference model from a directory or a program file (never writes anything)."""
+def load_model(path: str | Path, params: str | Path | None = None, *, with_params: bool = True) -> Model:
+    """Load a legacy inference model from a directory or a program file (never writes anything).
+
+    `with_params=False` reads the program only: enough to inspect an optimiser's output, whose params file
+    layout is the optimiser's business."""
     model_file, params_path, layout = locate(Path(path), Path(params) if params else None)
     try:
         data = model_file.read_bytes()
@@ -109,6 +112,8 @@ def load_model(path: str | Path, params: str | Path | None = None) -> Model:
         _ = model.ops  # decode now so a malformed program fails here, with the file's name
     except Exception as exc:
         raise InputError(f"{model_file}: malformed program ({exc})") from None
+    if not with_params:
+        return model
     if layout == "separate":
         model.params = _read_separate(params_path or model_file.parent, names)
     elif names:
