@@ -89,8 +89,6 @@ class ReferenceValues:
         A batch the engine cannot fetch (e.g. an output its converter drops) is split until the offending tensors
         are isolated; those are recorded as unobservable and never compared. The full model must run.
         """
-        from bisect_lite.bisector import same_values
-
         names = [t for _, t in model.data_tensors()]
         pending = plan_batches(model, names, max(budget // 2, 1))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -102,7 +100,7 @@ class ReferenceValues:
             cut = truncate(model, batch)
             feeds = {f: self.inputs[f] for f in cut.feeds}
             file = f"batch-{done}.npz"
-            first = runner.run(cut, feeds, keep=self.directory / file)
+            first = runner.run(cut, feeds, keep=self.directory / file, load=False)
             if not first.ok:
                 first_failure = first_failure or f"{first.status}: {first.message}"
                 if len(batch) > 1:
@@ -111,17 +109,17 @@ class ReferenceValues:
                 else:
                     self.unobservable.append(batch[0])
                 continue
-            second = runner.run(cut, feeds, use_cache=False)
+            # Determinism: the same run again, compared bit for bit through the .npy CRCs (no data read).
+            second = runner.run(cut, feeds, use_cache=False, keep=self.directory / "second.npz", load=False)
             if second.ok:
-                for name in batch:
-                    if not same_values(first.outputs[name], second.outputs[name]):
-                        self.nondeterministic.append(name)
+                self.nondeterministic += [n for n in batch if first.digests[n] != second.digests[n]]
             index.update(dict.fromkeys(batch, file))
             done += 1
             if on_batch:
                 on_batch(len(index) + len(self.unobservable), len(names))
         if any(f not in index for f in model.fetches):
             raise EngineUnavailable(f"the reference engine {runner.spec} failed on the model ({first_failure})")
+        (self.directory / "second.npz").unlink(missing_ok=True)
         flags = {"nondeterministic": self.nondeterministic, "unobservable": self.unobservable}
         atomic_write_text(self.directory / "flags.json", json.dumps(flags))
         atomic_write_text(self.directory / "index.json", json.dumps(index))  # last: marks the dump complete

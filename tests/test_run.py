@@ -271,3 +271,13 @@ def test_memory_budget_splits_the_reference_dump(faulty, tmp_path):
     for batch in batches:  # under the budget, unless one tensor alone is larger
         assert batch.stat().st_size < 64 * 1024 or len(np.load(batch).files) == 1
     assert report["culprits"][0]["index"] == 23
+
+
+def test_nondeterministic_reference_is_reported(faulty, tmp_path):
+    noisy_ref = faulty({"kind": "noise", "tensor": "relu_3.tmp_0", "amplitude": 1e-7})
+    target = faulty({"kind": "scale", "tensor": "batch_norm_7.tmp_0", "factor": 1.3})
+    report = bisect("resnet", target, tmp_path, ref=noisy_ref, minimise=False)
+    assert report["reference_nondeterministic"] is True
+    assert any("relu_3.tmp_0" in note for note in report["notes"])
+    assert report["culprits"][0]["index"] == 23
+    assert not (tmp_path / "out" / "reference" / "second.npz").exists()

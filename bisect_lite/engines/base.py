@@ -42,6 +42,7 @@ class RunResult:
     message: str = ""  # for crash/timeout: exit code or signal and the tail of stderr
     info: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
+    digests: dict[str, int] = field(default_factory=dict)  # CRC-32 of each output's .npy bytes
 
     @property
     def ok(self) -> bool:

@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -62,19 +63,24 @@ class EngineRunner:
         return self.engine.facts()
 
     def run(
-        self, model: Model, inputs: Mapping[str, np.ndarray], *, use_cache: bool = True, keep: Path | None = None
+        self,
+        model: Model,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        use_cache: bool = True,
+        keep: Path | None = None,
+        load: bool = True,
     ) -> RunResult:
-        """Run `model`; `keep` names a path that receives the engine's outputs .npz (saves re-writing it)."""
+        """Run `model`. `keep` names a path that receives the engine's outputs .npz (saves re-writing it);
+        `load=False` leaves the arrays there and returns only their digests (result.digests)."""
         inputs = {name: np.asarray(inputs[name]) for name in model.feeds}
         fetches = list(model.fetches)
         key = self.cache.result_key(model, self._key, inputs, fetches)
         use_cache = use_cache and self.engine.cache_results
         if use_cache:
             hit = self.cache.get_result(key)
-            if hit is not None and all(f in hit for f in fetches):
+            if hit is not None and all(f in hit for f in fetches) and keep is None:
                 self.cache_hits += 1
-                if keep is not None:
-                    np.savez(keep, **hit)
                 return RunResult("ok", hit, 0.0, cached=True)
         job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=self.scratch))
         job = Job(
@@ -94,8 +100,8 @@ class EngineRunner:
         self.runs += 1
         self.engine_seconds += result.seconds
         if result.ok:
-            result = self._collect(job, result)
-            if result.ok and self.engine.cache_results:
+            result = self._collect(job, result, load=load or keep is None)
+            if result.ok and result.outputs and self.engine.cache_results:
                 self.cache.put_result(key, result.outputs)
             if result.ok and keep is not None:
                 os.replace(job.outputs_file, keep)
@@ -113,22 +119,29 @@ class EngineRunner:
             raise EngineUnavailable(f"engine {self.engine.spec} cannot start: {exc}") from None
 
     @staticmethod
-    def _collect(job: Job, result: RunResult) -> RunResult:
+    def _collect(job: Job, result: RunResult, load: bool = True) -> RunResult:
+        """Check the outputs file holds every fetch; load the arrays, or (load=False) only their CRC-32s from the
+        zip directory, which is enough to compare two runs bit for bit without reading the data."""
         try:
-            with np.load(job.outputs_file, allow_pickle=False) as data:
-                outputs = {k: data[k] for k in data.files}
+            with zipfile.ZipFile(job.outputs_file) as archive:
+                digests = {i.filename.removesuffix(".npy"): i.CRC for i in archive.infolist()}
+            outputs: dict[str, np.ndarray] = {}
+            if load:
+                with np.load(job.outputs_file, allow_pickle=False) as data:
+                    outputs = {k: data[k] for k in data.files}
         except FileNotFoundError:
             return RunResult("crash", seconds=result.seconds, message="engine wrote no outputs file")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
             return RunResult("crash", seconds=result.seconds, message=f"unreadable outputs file ({exc})")
-        missing = [f for f in job.fetches if f not in outputs]
+        missing = [f for f in job.fetches if f not in digests]
         if missing:
             return RunResult(
                 "crash",
                 seconds=result.seconds,
                 message=f"outputs file lacks {len(missing)} of {len(job.fetches)} fetches: " + ", ".join(missing[:5]),
             )
-        result.outputs = {f: outputs[f] for f in job.fetches}
+        result.outputs = {f: outputs[f] for f in job.fetches} if load else {}
+        result.digests = {f: digests[f] for f in job.fetches}
         return result
 
     def optimized_program(self, model: Model) -> Model | None:
