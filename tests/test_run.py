@@ -172,6 +172,9 @@ def test_fp16_overflow_is_found_and_minimised(tmp_path, capsys):
     assert "reduce_sum" in out and "fp16_overflow" in out
     facts = json.loads((tmp_path / "out" / "repro" / "repro.json").read_text())
     assert facts["inputs"]  # shapes recorded; shrinking keeps the overflow
+    # A parameter-free single-op repro still gets its ONNX model, and ONNX Runtime agrees with the reference.
+    assert facts["onnx"]["written"] and (tmp_path / "out" / "repro" / "model.onnx").exists()
+    assert [r.status for r in verify_repros([tmp_path / "out" / "repro"], target="onnxruntime")] == ["fixed"]
     assert [r.status for r in verify_repros([tmp_path / "out" / "repro"])] == ["failing"]
 
 

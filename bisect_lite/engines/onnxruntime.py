@@ -92,7 +92,9 @@ def _convert(model_dir: Path, opset: int) -> bytes:
         try:
             data = paddle2onnx.export(
                 str(model_dir / MODEL_FILE),
-                str(model_dir / PARAMS_FILE),
+                # A model without parameters (a single-op repro) has an empty params file, which paddle2onnx's
+                # PIR translation cannot handle; it converts such a model when given no params file at all.
+                str(model_dir / PARAMS_FILE) if (model_dir / PARAMS_FILE).stat().st_size else "",
                 save_file=None,
                 opset_version=opset,
                 auto_upgrade_opset=True,
