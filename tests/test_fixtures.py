@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import paddle  # imported once for the whole module: Paddle Inference runs every fixture in-process
 import pytest
+from conftest import FIXTURES, ROOT, load_fixture_inputs, predict
 from paddle.base.proto import framework_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "fixtures"
 MAX_BYTES = 2 * 1024 * 1024
 FP16_MAX = 65504.0
 
@@ -48,26 +47,6 @@ def io_names(prog: framework_pb2.ProgramDesc) -> tuple[list[str], list[str]]:
     return [op.outputs[0].arguments[0] for op in feeds], [op.inputs[0].arguments[0] for op in fetches]
 
 
-def run_predictor(model_file: Path, params_file: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    config = paddle.inference.Config(str(model_file), str(params_file))
-    config.switch_ir_optim(False)
-    if hasattr(config, "disable_onednn"):
-        config.disable_onednn()
-    config.disable_glog_info()
-    predictor = paddle.inference.create_predictor(config)
-    for name in predictor.get_input_names():
-        handle = predictor.get_input_handle(name)
-        handle.reshape(list(inputs[name].shape))
-        handle.copy_from_cpu(inputs[name])
-    predictor.run()
-    return {n: predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()}
-
-
-def load_inputs(model_dir: Path) -> dict[str, np.ndarray]:
-    with np.load(model_dir / "inputs.npz") as z:
-        return {k: z[k] for k in z.files}
-
-
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_fixture_files(name: str) -> None:
     model_dir = FIXTURES / name
@@ -87,12 +66,12 @@ def test_fixture_runs(name: str) -> None:
     assert fetch_names == [n for n, _ in fetches]
     assert not any(a.name == "op_callstack" for op in prog.blocks[0].ops for a in op.attrs)
 
-    inputs = load_inputs(model_dir)
+    inputs = load_fixture_inputs(model_dir.name)
     assert list(inputs) == feed_names
     for feed, shape in feeds.items():
         assert inputs[feed].shape == shape and inputs[feed].dtype == np.float32
 
-    outs = run_predictor(model_dir / "model.pdmodel", model_dir / "model.pdiparams", inputs)
+    outs = predict(model_dir, inputs)
     assert list(outs) == fetch_names
     for (fetch, dtype), value in zip(fetches, outs.values(), strict=True):
         assert value.dtype == np.dtype(dtype), fetch
@@ -118,7 +97,7 @@ def test_fp16_overflow_is_real(tmp_path: Path) -> None:
     next(a for a in extra.attrs if a.name == "col").i = 1
     (tmp_path / "model.pdmodel").write_bytes(prog.SerializeToString())
 
-    outs = run_predictor(tmp_path / "model.pdmodel", model_dir / "model.pdiparams", load_inputs(model_dir))
+    outs = predict(tmp_path, load_fixture_inputs(model_dir.name), params_file=str(model_dir / "model.pdiparams"))
     final, summed = outs.values()
     assert np.isfinite(final).all() and np.abs(final).max() < 100
     assert np.isfinite(summed).all() and np.abs(summed).max() > FP16_MAX
@@ -134,7 +113,6 @@ def _recorded_paddle_version() -> int:
 
 def test_generator_check_reproduces_bytes() -> None:
     """One subprocess regenerates (and re-verifies) every fixture and compares bytes with the committed."""
-    import paddle
 
     parts = re.match(r"(\d+)\.(\d+)\.(\d+)", paddle.__version__)
     major, minor, patch = (int(p) for p in parts.groups()) if parts else (0, 0, 0)
