@@ -744,7 +744,7 @@ def _culprit_entry(job: Bisector, found: dict[str, Any], confirmed: dict[str, An
         culprit_index=found["index"],
         isolated_rel_l2=worst.rel_l2 if worst else None,
         nondeterministic=nondet,
-        message=confirmed.get("message") or _last_message(job, found),
+        message=confirmed.get("message") or _last_message(job),
     )
     notes = list(confirmed.get("tried", []))
     if found.get("group"):
@@ -772,7 +772,8 @@ def _culprit_entry(job: Bisector, found: dict[str, Any], confirmed: dict[str, An
     }
 
 
-def _last_message(job: Bisector, found: dict[str, Any]) -> str:
+def _last_message(job: Bisector) -> str:
+    """The newest engine message of the search (a crash's stderr tail), for the diagnosis."""
     for p in reversed(job.probes):
         if p.message:
             return p.message
