@@ -201,20 +201,16 @@ class Bisector:
         known = self._replayed(start)
         known.setdefault(n - 1 - start, whole)
 
-        def probe(pos: int) -> ProbeOutcome:
-            outcome = self.probe(start, start + pos).outcome
-            if outcome.blame is not None:
-                outcome = ProbeOutcome(outcome.status, blame=outcome.blame - start, detail=outcome.detail)
-            return outcome
+        def relative(outcome: ProbeOutcome) -> ProbeOutcome:
+            """Blame is an op index; the search works on positions relative to `start`."""
+            if outcome.blame is None or outcome.blame < start:
+                return outcome
+            return ProbeOutcome(outcome.status, blame=outcome.blame - start, detail=outcome.detail)
 
-        known = {
-            p: (
-                ProbeOutcome(
-                    o.status, o.blame - start if o.blame is not None and o.blame >= start else o.blame, o.detail
-                )
-            )
-            for p, o in known.items()
-        }
+        def probe(pos: int) -> ProbeOutcome:
+            return relative(self.probe(start, start + pos).outcome)
+
+        known = {p: relative(o) for p, o in known.items()}
         cuts = None
         if self.groups:
             # Cut only where the target's fused groups end: a cut inside a group undoes the fusion.

@@ -151,10 +151,6 @@ class LiteEngine(Engine):
     def version(self) -> str:
         return f"opt {self.opt_version()}"
 
-    def cache_key(self) -> str:
-        # Results depend on where and how the model runs, not only on the spec string's options order.
-        return f"{self.spec}|{self.opt_version()}"
-
     def facts(self) -> dict[str, Any]:
         return {
             "engine": str(self.spec),
