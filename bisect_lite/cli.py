@@ -383,9 +383,12 @@ def parse_size(text: str) -> int:
 def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
     verdict = report["verdict"]
     cached = f" + {report['target_cache_hits']} from cache" if report["target_cache_hits"] else ""
+    by_phase = ", ".join(f"{k} {v}" for k, v in report.get("target_runs_by_phase", {}).items())
     runs = (
         f"{report['search_probes']} search probes (log2 bound {report['expected_probes']}), "
-        f"{report['target_runs']} target runs in all{cached}, {report['seconds']:.1f} s"
+        f"{report['target_runs']} target runs in all{cached}"
+        + (f" ({by_phase})" if by_phase else "")
+        + f", {report['seconds']:.1f} s"
     )
     if verdict == "match":
         out.print(

@@ -51,6 +51,8 @@ class EngineRunner:
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.worker: Worker | None = None
         self.runs = 0  # engine executions (cache hits excluded)
+        self.phase = "other"  # set by the run job's phases: runs are counted per phase
+        self.runs_by_phase: dict[str, int] = {}
         self.cache_hits = 0
         self.engine_seconds = 0.0
         self._key = self.engine.cache_key()
@@ -98,6 +100,7 @@ class EngineRunner:
         result = self._execute(job)
         result.seconds = time.perf_counter() - start
         self.runs += 1
+        self.runs_by_phase[self.phase] = self.runs_by_phase.get(self.phase, 0) + 1
         self.engine_seconds += result.seconds
         if result.ok:
             result = self._collect(job, result, load=load or keep is None)

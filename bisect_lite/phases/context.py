@@ -1,0 +1,133 @@
+"""What every phase of a run shares: the model, the engines, the reference values, the probes so far, one judgement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bisect_lite.compare import Comparison, TensorMetrics, compare_outputs
+from bisect_lite.engines.base import RunResult
+from bisect_lite.engines.runner import EngineRunner
+from bisect_lite.journal import Journal
+from bisect_lite.model import Model, extract, truncate
+from bisect_lite.model.fusion import FusedGroup
+from bisect_lite.reference import ReferenceValues
+from bisect_lite.search import ProbeOutcome, Status
+
+if TYPE_CHECKING:
+    from bisect_lite.bisector import RunOptions
+
+Events = Callable[[str, dict[str, Any]], None]
+STATUS_WORD = {Status.PASS: "pass", Status.FAIL: "fail", Status.CRASH: "crash", Status.SKIP: "skip"}
+WORD_STATUS = {v: k for k, v in STATUS_WORD.items()}
+
+
+@dataclass
+class Probe:
+    """One target run on a cut model."""
+
+    segment: int
+    cut: int
+    fetched: list[str]
+    outcome: ProbeOutcome
+    comparison: Comparison | None
+    seconds: float
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        worst = self.comparison.worst() if self.comparison else None
+        return {
+            "segment": self.segment,
+            "cut": self.cut,
+            "fetched": self.fetched,
+            "verdict": STATUS_WORD[self.outcome.status],
+            "blame": self.outcome.blame,
+            "metrics": [m.to_dict() for m in self.comparison.tensors] if self.comparison else [],
+            "worst_rel_l2": worst_error(self.comparison),
+            "worst_tensor": worst.name if worst else None,
+            "seconds": round(self.seconds, 4),
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_journal(cls, entry: dict[str, Any]) -> Probe:
+        cmp = (
+            Comparison(tensors=[TensorMetrics.from_dict(m) for m in entry["metrics"]]) if entry.get("metrics") else None
+        )
+        outcome = ProbeOutcome(WORD_STATUS[entry["verdict"]], blame=entry.get("blame"), detail=entry.get("message"))
+        return cls(
+            entry["segment"], entry["cut"], entry["fetched"], outcome, cmp, entry["seconds"], entry.get("message", "")
+        )
+
+
+def worst_error(cmp: Comparison | None) -> float | str | None:
+    """The worst rel L2; "inf" when NaN/Inf appeared where the reference is finite (JSON has no inf)."""
+    if cmp is None:
+        return None
+    worst = 0.0
+    for m in cmp.tensors:
+        nonfinite = (m.nan_target or 0) > (m.nan_ref or 0) or (m.inf_target or 0) > (m.inf_ref or 0)
+        if nonfinite or m.rel_l2 is None or not np.isfinite(m.rel_l2):
+            if not m.passed:
+                return "inf"
+            continue
+        worst = max(worst, float(m.rel_l2))
+    return "inf" if cmp.missing else worst
+
+
+@dataclass
+class RunContext:
+    model: Model
+    options: RunOptions
+    ref: EngineRunner
+    target: EngineRunner
+    inputs: dict[str, np.ndarray]
+    journal: Journal
+    values: ReferenceValues
+    events: Events = field(default=lambda kind, data: None)
+    probes: list[Probe] = field(default_factory=list)
+    groups: list[FusedGroup] | None = None  # the target's fused groups, when it can tell
+    notes: list[str] = field(default_factory=list)
+    segments: dict[int, Model] = field(default_factory=dict)  # ops start.. of the model, fed with reference values
+
+    def segment_model(self, start: int, targets: list[str]) -> Model:
+        """The model computing `targets` from op `start` on; tensors made before `start` are fed (reference)."""
+        if start == 0:
+            return truncate(self.model, targets)
+        if start not in self.segments:
+            self.segments[start] = extract(self.model, range(start, len(self.model.ops)))
+        return truncate(self.segments[start], targets)
+
+    def judge(
+        self, result: RunResult, expected: dict[str, np.ndarray], names: list[str]
+    ) -> tuple[ProbeOutcome, Comparison | None]:
+        """The one judgement of a target result, used by every phase. FAIL blames the earliest producer of a
+        failing tensor (an op index of the whole model)."""
+        if not result.ok:
+            return ProbeOutcome(Status.CRASH, detail=result.message), None
+        cmp = compare_outputs(expected, result.outputs, self.options.compare, names=names)
+        if cmp.passed:
+            return ProbeOutcome(Status.PASS), cmp
+        producers = self.model.producers
+        blame = min((producers.get(n, len(self.model.ops)) for n in cmp.failing), default=None)
+        return ProbeOutcome(Status.FAIL, blame=blame), cmp
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Target runs made inside are counted under `name` (report.json `target_runs_by_phase`)."""
+        before = self.target.phase
+        self.target.phase = name
+        try:
+            yield
+        finally:
+            self.target.phase = before
+
+    def record(self, probe: Probe) -> Probe:
+        self.probes.append(probe)
+        self.journal.append({"type": "probe", **probe.to_dict()})
+        self.events("probe", probe.to_dict())
+        return probe

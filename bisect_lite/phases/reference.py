@@ -1,0 +1,32 @@
+"""Phase 1: the reference engine's value of every tensor (spilled to disk, batched under the memory budget)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bisect_lite.phases.context import RunContext
+
+
+def compute_reference(ctx: RunContext, report: dict[str, Any]) -> None:
+    ctx.events("phase", {"name": "reference", "detail": f"{ctx.ref.spec} on every tensor"})
+    values = ctx.values
+    if not values.complete:
+        values.compute(
+            ctx.model,
+            ctx.ref,
+            ctx.options.max_memory,
+            on_batch=lambda i, total: ctx.events("batch", {"done": i, "total": total}),
+        )
+    else:
+        values.load_flags()
+    report["reference_nondeterministic"] = bool(values.nondeterministic)
+    if values.unobservable:
+        ctx.notes.append(
+            f"the reference cannot return {len(values.unobservable)} tensors "
+            f"({', '.join(values.unobservable[:4])}); probes never compare them"
+        )
+    if values.nondeterministic:
+        ctx.notes.append(
+            f"the reference differs between two runs at {len(values.nondeterministic)} tensors "
+            f"(first: {values.nondeterministic[0]}); its values are taken from the first run"
+        )
