@@ -503,7 +503,10 @@ def test_render_issue():
         assert hidden not in text
     assert "[8, 1, 3, 3]" in text and "Mali-G710" in text and "2.13rc0" in text
     assert "kernel_bug" in text
-    assert "pip install bisect-lite" in text and "bisect-lite verify ." in text
+    assert "pip install bisect-lite" not in text and "pip install -e ." in text and "bisect-lite verify ." in text
+    # The plain snippet (nothing of ours) comes before the bisect-lite way.
+    assert text.index("```python") < text.index("bisect-lite verify .")
+    assert "Where to file: PaddlePaddle/Paddle-Lite" in text
     assert "`model.pdiparams`" in text and "paddle2onnx not installed" in text
     blocks = re.findall(r"```python\n(.*?)\n```", text, flags=re.S)
     assert len(blocks) == 1
@@ -533,6 +536,84 @@ def test_render_issue_crash_and_fp32():
     assert text.startswith("# [OpenCL] conv2d crashes (fp32), works on ARM")
     assert "CL_PRECISION_FP32" in text
     assert "CL_PRECISION_FP32" in python_snippet("fp32") and "CL_PRECISION_FP16" in python_snippet(None)
+    arm = python_snippet(None, "arm")
+    assert 'set_valid_places("arm")' in arm and "CLPrecisionType" not in arm
+    compile(arm, "arm snippet", "exec")
+
+
+def _python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)\n```", text, flags=re.S)
+
+
+@pytest.mark.parametrize(
+    ("engine", "message", "status", "tag", "needs", "where"),
+    [
+        ("lite:arm,adb", "", "mismatch", "[ARM]", 'set_valid_places("arm")', "Paddle-Lite"),
+        ("lite:x86", "", "mismatch", "[x86]", 'set_valid_places("x86")', "Paddle-Lite"),
+        (
+            "paddle-opt:threads=2",
+            "",
+            "mismatch",
+            "[Paddle Inference (IR optimisation + oneDNN)]",
+            "run_paddle(optimised=True)",
+            "PaddlePaddle/Paddle",
+        ),
+        ("onnxruntime", "", "mismatch", "[ONNX Runtime]", "ort.InferenceSession", "onnxruntime"),
+        (
+            "onnxruntime",
+            "engine error: RuntimeError: paddle2onnx cannot convert /x: Unsupported op",
+            "crash",
+            "[paddle2onnx] conv2d cannot be converted to ONNX",
+            "paddle2onnx.export",
+            "Paddle2ONNX",
+        ),
+        ("fp16:ops=conv2d", "", "mismatch", "[fp16]", "astype(np.float16)", "fp16"),
+        (
+            "cmd:./run.sh {model_dir} {inputs} {outputs}",
+            "",
+            "mismatch",
+            "[custom runner]",
+            "./run.sh {model_dir}",
+            "owner of the runner",
+        ),
+    ],
+)
+def test_issue_is_written_for_the_engine_family(engine, message, status, tag, needs, where):
+    repro = repro_dict()
+    repro["target"] = {"engine": engine, "facts": {"engine": engine, "version": "1.0"}}
+    repro["reference"] = {"engine": "paddle", "facts": {"engine": "paddle", "version": "paddlepaddle 3.0"}}
+    repro["status"] = status
+    repro["message"] = message
+    if status == "crash":
+        repro["diagnosis"] = diagnose(None, None, status="crash", message=message).to_dict()
+    text = render_issue(repro)
+    title = text.splitlines()[0]
+    assert title.startswith(f"# {tag}"), title
+    assert "OpenCL" not in title
+    if where != "fp16":  # the fp16 issue names Paddle-Lite OpenCL as one backend that would fail the same way
+        assert ("Paddle-Lite" in text) == (where == "Paddle-Lite")
+    [snippet] = _python_blocks(text)
+    compile(snippet, "snippet", "exec")
+    assert needs in snippet
+    assert "paddlelite" not in snippet or where == "Paddle-Lite"
+    assert where in text.split("Where to file:")[1].splitlines()[0]
+    # The environment table names each engine once.
+    assert sum(1 for line in text.splitlines() if line.startswith("| engine |")) == 1
+    assert text.count(f"`{engine}`") <= 2
+
+
+def test_issue_prints_infinite_errors_as_inf():
+    ref = np.ones((4, 4), np.float32)
+    bad = np.full((4, 4), np.inf, np.float32)
+    m = compare_tensor("x", ref, bad, CFG)
+    assert m.rel_l2 is None or not np.isfinite(m.rel_l2)  # what made the summary print a dash
+    repro = repro_dict()
+    repro["metrics"] = [m.to_dict()]
+    text = render_issue(repro)
+    summary = text.split("### Summary")[1].split("###")[0]
+    assert "rel L2 inf" in summary and "max abs inf" in summary and "—" not in summary.split("in `")[1]
+    assert "16 inf in the target" in summary
+    assert "rel L2 inf" in text.splitlines()[0]
 
 
 def test_fused_group_is_named_as_a_group():
@@ -540,8 +621,10 @@ def test_fused_group_is_named_as_a_group():
     report["culprits"][0].update(kind="group", ops=[10, 11, 12])
     assert "Blamed as a fused group" in render_report(report, None)
     repro = repro_dict()
-    repro.update(kind="group", ops=[{"index": 10, "type": "conv2d"}, {"index": 11, "type": "batch_norm"},
-                                    {"index": 12, "type": "relu"}])
+    repro.update(
+        kind="group",
+        ops=[{"index": 10, "type": "conv2d"}, {"index": 11, "type": "batch_norm"}, {"index": 12, "type": "relu"}],
+    )
     issue = render_issue(repro)
     assert "(+2 fused ops)" in issue.splitlines()[0]
     assert "fuses into one kernel" in issue and "these 3 ops" in issue

@@ -1,15 +1,18 @@
-"""ISSUE.md: a ready-to-file Paddle-Lite GitHub issue for a repro bundle, from its repro.json dict.
+"""ISSUE.md: a ready-to-file issue for a repro bundle, from its repro.json dict, written for the engine family
+that failed.
 
 Maintainers need four things to act: the environment, the op with its attributes and shapes, how wrong the output
-is, and a way to reproduce it without bisect-lite -- so the issue carries a plain-Python snippet that uses only
-numpy and paddlelite's documented Python API (Opt, MobileConfig, create_paddle_predictor, CLPrecisionType).
+is, and a way to reproduce it without bisect-lite -- so the issue leads with a plain-Python snippet that needs only
+numpy and the failing engine's own package (paddlelite, paddle, paddle2onnx + onnxruntime), then says how to check
+it with bisect-lite from a checkout (no package index serves bisect-lite).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bisect_lite.report.markdown import visible_attrs
@@ -23,6 +26,8 @@ _ENGINE_LABELS = (  # substring of the engine name (lower case) -> how Paddle-Li
     ("fp16", "fp16 emulation"),
     ("x86", "x86"),
     ("metal", "Metal"),
+    ("onnxruntime", "ONNX Runtime"),
+    ("paddle", "Paddle Inference"),
 )
 FILE_NOTES = {
     "model.pdmodel": "the failing op as a standalone Paddle program",
@@ -38,6 +43,62 @@ FILE_NOTES = {
 _MAX_VALUE = 100
 
 
+@dataclass(frozen=True)
+class Family:
+    """The engine family a repro failed on: who should read the issue and how they reproduce it without us."""
+
+    key: str  # "lite" | "paddle-inference" | "paddle2onnx" | "onnxruntime" | "fp16" | "cmd"
+    label: str  # the title's [tag]
+    project: str  # where the issue belongs
+    needs: str  # what the plain snippet needs installed
+    snippet: Callable[[Mapping[str, Any], str | None], str]
+
+
+def engine_family(repro: Mapping[str, Any]) -> Family:
+    """The family of the repro's target engine (a paddle2onnx failure is a converter bug, not an ORT one)."""
+    target = repro.get("target") or {}
+    spec = str(target.get("engine") or "?")
+    name, _, rest = spec.partition(":")
+    words = set(rest.split(",")) if rest else set()
+    facts = target.get("facts") or {}
+    if name == "cmd":
+        return Family("cmd", "custom runner", "the owner of the runner program", "numpy + paddlepaddle", _cmd_snippet)
+    if name == "fp16":
+        return Family(
+            "fp16",
+            "fp16",
+            "the model's author or the fp16 (OpenCL/ARM half precision) backend it targets",
+            "numpy + paddlepaddle",
+            _fp16_snippet,
+        )
+    if name == "onnxruntime":
+        converting = "paddle2onnx" in str(repro.get("message") or "") and repro.get("status") == "crash"
+        if converting:
+            return Family(
+                "paddle2onnx", "paddle2onnx", "PaddlePaddle/Paddle2ONNX", "paddlepaddle + paddle2onnx", _p2o_snippet
+            )
+        return Family(
+            "onnxruntime",
+            "ONNX Runtime",
+            "PaddlePaddle/Paddle2ONNX (conversion) or microsoft/onnxruntime (kernel)",
+            "numpy + paddlepaddle + paddle2onnx + onnxruntime",
+            _ort_snippet,
+        )
+    if name in ("paddle", "paddle-opt"):
+        label = "Paddle Inference" + (" (IR optimisation + oneDNN)" if name == "paddle-opt" else "")
+        return Family("paddle-inference", label, "PaddlePaddle/Paddle", "numpy + paddlepaddle", _paddle_snippet)
+    place = str(facts.get("place") or "")
+    if name == "lite" or place:
+        place = place or next((w for w in ("opencl", "arm", "x86") if w in words), "arm")
+    else:  # an engine name this module does not know: guess the place from it (older repros say "opencl", "arm")
+        low = spec.lower()
+        place = next((w for w in ("opencl", "arm", "x86", "metal") if w in low), "")
+        if not place:
+            return Family("other", _label(spec), "the engine's maintainers", "numpy", _cmd_snippet)
+    label = {"opencl": "OpenCL", "arm": "ARM", "x86": "x86", "metal": "Metal"}.get(place, place)
+    return Family("lite", label, "PaddlePaddle/Paddle-Lite", "numpy + paddlelite", _lite_snippet)
+
+
 def render_issue(repro: Mapping[str, Any]) -> str:
     """Render the issue text (first line is the title as a Markdown heading)."""
     op = repro.get("op") or {}
@@ -45,25 +106,33 @@ def render_issue(repro: Mapping[str, Any]) -> str:
     metrics = list(repro.get("metrics") or [])
     diag = repro.get("diagnosis") or {}
     ref, tgt = repro.get("reference") or {}, repro.get("target") or {}
-    ref_label, tgt_label = _label(ref.get("engine")), _label(tgt.get("engine"))
+    family = engine_family(repro)
+    ref_label, tgt_label = _label(ref.get("engine")), family.label
     precision = _precision(tgt)
     worst = _worst(metrics)
-    crash = diag.get("kind") == "crash"
+    crash = diag.get("kind") == "crash" or repro.get("status") == "crash"
     kind = repro.get("kind", "op")
     extra = max(len(repro.get("ops") or []) - 1, 0)
-    subject = op_type if kind not in ("subgraph", "group") else f"{op_type} (+{extra} fused ops)"
+    if kind == "group":
+        subject = f"{op_type} (+{extra} fused ops)"
+    elif kind == "subgraph" and extra:
+        subject = f"{op_type} (+{extra} ops)"
+    else:
+        subject = op_type
 
-    numbers = [f"rel L2 {_num(worst.get('rel_l2'), 2)}"] if worst and worst.get("rel_l2") is not None else []
+    numbers = [f"rel L2 {_error(worst, 'rel_l2', 2)}"] if worst else []
     if precision:
         numbers.append(precision)
-    if crash:
+    if family.key == "paddle2onnx":
+        what = "cannot be converted to ONNX"
+    elif crash:
         what = f"crashes{f' ({precision})' if precision else ''}, works on {ref_label}"
     else:
         what = f"output differs from {ref_label}" + (f" ({', '.join(numbers)})" if numbers else "")
     title = f"[{tgt_label}] {subject} {what} — standalone repro attached"
 
     out = [f"# {title}", ""]
-    out += _summary(repro, op_type, tgt_label, ref_label, precision, worst, crash)
+    out += _summary(repro, op_type, tgt_label, ref_label, precision, worst, crash, family)
     out += _environment(ref, tgt, precision)
     out += _op_section(repro, op, op_type)
     if metrics:
@@ -73,7 +142,7 @@ def render_issue(repro: Mapping[str, Any]) -> str:
     if message:  # the engine's own words (a crash's failed check) matter more to maintainers than our summary
         tail = "\n".join(message.splitlines()[-20:]).replace("```", "'''")
         out += ["### Engine log (last lines)", "", "```text", tail, "```", ""]
-    out += _steps(repro, precision)
+    out += _steps(repro, precision, family)
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -89,29 +158,46 @@ def _summary(
     precision: str | None,
     worst: Mapping[str, Any] | None,
     crash: bool,
+    family: Family,
 ) -> list[str]:
     src = repro.get("source") or {}
     index = src.get("op_index", (repro.get("op") or {}).get("index", "?"))
     where = f"op #{index} of {src.get('ops', '?')} in `{src.get('model', '?')}`"
-    on = f"{tgt}" + (f" ({precision})" if precision else "")
-    if crash:
+    on = f"{tgt}" + (f" ({precision})" if precision and precision != tgt else "")
+    if family.key == "paddle2onnx":
+        text = f"paddle2onnx cannot convert `{op_type}` ({where}) to ONNX; Paddle Inference ({ref}) runs it."
+    elif crash:
         text = f"`{op_type}` ({where}) crashes on {on}; the same op runs on {ref}."
     else:
         text = f"`{op_type}` ({where}) gives a different output on {on} than on {ref}"
         if worst:
             tol = repro.get("tolerance") or {}
             text += (
-                f": rel L2 {_num(worst.get('rel_l2'))}, max abs {_num(worst.get('max_abs'))}, "
+                f": rel L2 {_error(worst, 'rel_l2')}, max abs {_error(worst, 'max_abs')}, "
                 f"{_pct(worst.get('mismatch_fraction'))} of elements outside atol {_num(tol.get('atol'))} / "
                 f"rtol {_num(tol.get('rtol'))}"
             )
+            nonfinite = _nonfinite(worst)
+            if nonfinite:
+                text += f" ({nonfinite})"
         text += "."
     size = "this single op" if repro.get("kind", "op") == "op" else f"these {len(repro.get('ops') or [])} ops"
-    return ["### Summary", "", text + f" The bundle below reproduces it with {size} and fixed inputs.", ""]
+    text += f" The bundle below reproduces it with {size} and fixed inputs."
+    if family.key == "fp16":
+        text += (
+            " The target is bisect-lite's fp16 emulation (every float tensor rounded to IEEE half at op boundaries, "
+            "arithmetic in fp32): the error comes from storing these values in half precision (overflow or "
+            "rounding), so any fp16 backend (Paddle-Lite OpenCL, ARM fp16) is expected to show it."
+        )
+    elif family.key == "cmd":
+        text += f" The target is a custom runner program (`{_esc(str((repro.get('target') or {}).get('engine')))}`)."
+    return ["### Summary", "", text, "", f"Where to file: {family.project}.", ""]
 
 
 def _environment(ref: Mapping[str, Any], tgt: Mapping[str, Any], precision: str | None) -> list[str]:
-    rf, tf = dict(ref.get("facts") or {}), dict(tgt.get("facts") or {})
+    # The engine gets its own row; the facts repeat it under the same key.
+    rf = {k: v for k, v in (ref.get("facts") or {}).items() if k != "engine"}
+    tf = {k: v for k, v in (tgt.get("facts") or {}).items() if k != "engine"}
     keys = sorted(set(rf) | set(tf), key=lambda k: (not any(w in k for w in ("version", "device", "gpu")), k))
     out = ["### Environment", "", "| | reference | target |", "|---|---|---|"]
     out.append(f"| engine | `{_esc(str(ref.get('engine', '?')))}` | `{_esc(str(tgt.get('engine', '?')))}` |")
@@ -162,8 +248,8 @@ def _metrics_table(metrics: Sequence[Mapping[str, Any]], tol: Mapping[str, Any])
     for m in metrics:
         out.append(
             f"| `{_esc(str(m.get('name', '?')))}` | {_shape(m.get('ref_shape'))} | "
-            f"{'pass' if m.get('passed') else '**FAIL**'} | {_num(m.get('rel_l2'))} | {_num(m.get('max_abs'))} | "
-            f"{_num(m.get('max_rel'))} | {_num(m.get('mean_abs'))} | {_num(m.get('cosine'), 6)} | "
+            f"{'pass' if m.get('passed') else '**FAIL**'} | {_error(m, 'rel_l2')} | {_error(m, 'max_abs')} | "
+            f"{_error(m, 'max_rel')} | {_error(m, 'mean_abs')} | {_num(m.get('cosine'), 6)} | "
             f"{_pct(m.get('mismatch_fraction'))} | {m.get('nan_target', 0)}/{m.get('nan_ref', 0)} | "
             f"{m.get('inf_target', 0)}/{m.get('inf_ref', 0)} | {_num(m.get('min_atol'))} | {_num(m.get('min_rtol'))} |"
         )
@@ -184,24 +270,23 @@ def _diagnosis(diag: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _steps(repro: Mapping[str, Any], precision: str | None) -> list[str]:
+def _steps(repro: Mapping[str, Any], precision: str | None, family: Family) -> list[str]:
     files = [str(f) for f in repro.get("files") or []]
     # Bold step labels instead of a numbered list: a fenced block at column 0 would break the list anyway.
     out = [
         "### Steps to reproduce",
         "",
-        "**1. With bisect-lite**, inside the unpacked bundle:",
-        "",
-        "```sh",
-        "pip install bisect-lite",
-        "bisect-lite verify .",
-        "```",
-        "",
-        "**2. With Paddle-Lite's Python API only** (numpy + paddlelite; run it where the paddlelite package can "
-        "use OpenCL, e.g. an ARM Linux board with a GPU driver), inside the bundle:",
+        f"**1. Without bisect-lite** ({family.needs}), inside the unpacked bundle:",
         "",
         "```python",
-        python_snippet(precision),
+        family.snippet(repro, precision),
+        "```",
+        "",
+        "**2. With bisect-lite**, which no package index serves: install it from a checkout of its source "
+        "(`pip install -e .` in the checkout), then inside the unpacked bundle:",
+        "",
+        "```sh",
+        "bisect-lite verify .",
         "```",
         "",
         "**3. Files in the bundle:**",
@@ -221,42 +306,172 @@ def _steps(repro: Mapping[str, Any], precision: str | None) -> list[str]:
     return out
 
 
-def python_snippet(precision: str | None = "fp16") -> str:
-    """The standalone check: convert with Opt for opencl,arm, run with MobileConfig, compare with expected.npz."""
+_COMPARE_TAIL = """\
+expected = np.load("expected.npz")
+for name in expected.files:
+    want = expected[name].astype(np.float64)
+    got = np.asarray(outputs[name]).astype(np.float64).reshape(want.shape)
+    diff = np.abs(got - want)
+    print(f"{name}: max |target - expected| = {np.nanmax(diff) if diff.size else 0:.6g}, "
+          f"non-finite in target: {int((~np.isfinite(got)).sum())} "
+          f"(max |expected| = {np.abs(want).max() if want.size else 0:.6g})")"""
+
+_PADDLE_RUN = """\
+def run_paddle(optimised: bool) -> dict:
+    config = pi.Config("model.pdmodel", "model.pdiparams" if Path("model.pdiparams").exists() else "")
+    config.disable_gpu()
+    config.switch_ir_optim(optimised)
+    if optimised:
+        config.enable_onednn()
+    else:
+        config.disable_onednn()
+    predictor = pi.create_predictor(config)
+    inputs = np.load("inputs.npz")
+    for name in predictor.get_input_names():
+        predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(inputs[name]))
+    predictor.run()
+    return {n: predictor.get_output_handle(n).copy_to_cpu() for n in predictor.get_output_names()}"""
+
+
+def python_snippet(precision: str | None = "fp16", place: str = "opencl") -> str:
+    """The standalone Paddle-Lite check: convert with Opt, run with MobileConfig, compare with expected.npz."""
     cl_precision = "CL_PRECISION_FP32" if precision == "fp32" else "CL_PRECISION_FP16"
+    valid = {"opencl": "opencl,arm"}.get(place, place)
+    opencl = place == "opencl"
+    imports = "Opt, MobileConfig, create_paddle_predictor" + (", CLPrecisionType" if opencl else "")
+    precision_line = f"config.set_opencl_precision(CLPrecisionType.{cl_precision})\n" if opencl else ""
     return f"""\
 from pathlib import Path
 
 import numpy as np
-from paddlelite.lite import Opt, MobileConfig, create_paddle_predictor, CLPrecisionType
+from paddlelite.lite import {imports}
 
-# Convert the one-op model for OpenCL with ARM fallback (writes repro_opencl.nb).
+# Convert the repro model for {valid} (writes repro_{place}.nb).
 opt = Opt()
 opt.set_model_file("model.pdmodel")
 if Path("model.pdiparams").exists():
     opt.set_param_file("model.pdiparams")
-opt.set_valid_places("opencl,arm")
+opt.set_valid_places("{valid}")
 opt.set_model_type("naive_buffer")
-opt.set_optimize_out("repro_opencl")
+opt.set_optimize_out("repro_{place}")
 opt.run()
 
 config = MobileConfig()
-config.set_model_from_file("repro_opencl.nb")
-config.set_opencl_precision(CLPrecisionType.{cl_precision})
-predictor = create_paddle_predictor(config)
+config.set_model_from_file("repro_{place}.nb")
+{precision_line}predictor = create_paddle_predictor(config)
 
 inputs = np.load("inputs.npz")
-expected = np.load("expected.npz")
 for i, name in enumerate(predictor.get_input_names()):
-    key = name if name in inputs.files else inputs.files[i]
-    predictor.get_input(i).from_numpy(np.ascontiguousarray(inputs[key]))
+    predictor.get_input(i).from_numpy(np.ascontiguousarray(inputs[name]))
 predictor.run()
-for i, name in enumerate(predictor.get_output_names()):
-    got = predictor.get_output(i).numpy().astype(np.float64)
-    key = name if name in expected.files else expected.files[i]
-    want = expected[key].astype(np.float64)
-    diff = np.abs(got.reshape(want.shape) - want).max()
-    print(f"{{name}}: max |target - expected| = {{diff:.6g}} (max |expected| = {{np.abs(want).max():.6g}})")"""
+outputs = {{name: predictor.get_output(i).numpy() for i, name in enumerate(predictor.get_output_names())}}
+{_COMPARE_TAIL}"""
+
+
+def _lite_snippet(repro: Mapping[str, Any], precision: str | None) -> str:
+    family = engine_family(repro)
+    place = {"OpenCL": "opencl", "ARM": "arm", "x86": "x86"}.get(family.label, "opencl")
+    return python_snippet(precision, place)
+
+
+def _paddle_snippet(repro: Mapping[str, Any], precision: str | None) -> str:
+    optimised = str((repro.get("target") or {}).get("engine", "")).startswith("paddle-opt")
+    return f"""\
+from pathlib import Path
+
+import numpy as np
+import paddle.inference as pi
+
+{_PADDLE_RUN}
+
+# The failing configuration: IR optimisation {"and oneDNN on" if optimised else "and oneDNN off"}.
+outputs = run_paddle(optimised={optimised})
+{_COMPARE_TAIL}"""
+
+
+def _p2o_snippet(repro: Mapping[str, Any], precision: str | None) -> str:
+    return """\
+from pathlib import Path
+
+import paddle2onnx
+
+# Fails: this is the conversion error the issue reports.
+onnx_bytes = paddle2onnx.export(
+    "model.pdmodel",
+    "model.pdiparams" if Path("model.pdiparams").exists() and Path("model.pdiparams").stat().st_size else "",
+    save_file=None,
+    opset_version=11,
+    auto_upgrade_opset=True,
+    enable_onnx_checker=True,
+    optimize_tool="None",
+)
+print("converted:", len(onnx_bytes or b""), "bytes")"""
+
+
+def _ort_snippet(repro: Mapping[str, Any], precision: str | None) -> str:
+    return f"""\
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import paddle2onnx
+
+onnx_bytes = paddle2onnx.export(
+    "model.pdmodel",
+    "model.pdiparams" if Path("model.pdiparams").exists() and Path("model.pdiparams").stat().st_size else "",
+    save_file=None,
+    opset_version=11,
+    auto_upgrade_opset=True,
+    optimize_tool="None",
+)
+session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+inputs = np.load("inputs.npz")
+feed = {{i.name: np.ascontiguousarray(inputs[i.name]) for i in session.get_inputs()}}
+# paddle2onnx names outputs after the Paddle fetch targets or fetch_name_N, in fetch order.
+names = list(np.load("expected.npz").files)
+values = session.run(None, feed)
+outputs = {{o.name if o.name in names else names[i]: v for i, (o, v) in enumerate(zip(session.get_outputs(), values))}}
+{_COMPARE_TAIL}"""
+
+
+def _fp16_snippet(repro: Mapping[str, Any], precision: str | None) -> str:
+    return f"""\
+from pathlib import Path
+
+import numpy as np
+import paddle.inference as pi
+
+{_PADDLE_RUN}
+
+# The fp32 reference values, and what storing them in IEEE half precision does to them.
+outputs = run_paddle(optimised=False)
+inputs = np.load("inputs.npz")
+for name in inputs.files:
+    x = inputs[name]
+    if x.dtype.kind == "f":
+        print(f"input {{name}}: max |x| = {{np.abs(x).max():.6g}}, values beyond fp16 (65504): "
+              f"{{int((np.abs(x) > 65504).sum())}}")
+for name, want in outputs.items():
+    half = want.astype(np.float16).astype(np.float64) if want.dtype.kind == "f" else want
+    print(f"{{name}}: max |fp32| = {{np.abs(want).max():.6g}}, inf after fp16 storage: "
+          f"{{int(np.isinf(half).sum())}}, max |fp16 - fp32| = {{np.nanmax(np.abs(half - want)):.6g}}")"""
+
+
+def _cmd_snippet(repro: Mapping[str, Any], precision: str | None) -> str:
+    template = str((repro.get("target") or {}).get("engine", "")).removeprefix("cmd:").replace("`", "'")
+    return f"""\
+# The target is a custom runner program; bisect-lite ran it as (placeholders filled with this bundle's files):
+#   {template.replace(chr(10), " ")}
+# Reference values: Paddle Inference in exact mode (the same as expected.npz).
+from pathlib import Path
+
+import numpy as np
+import paddle.inference as pi
+
+{_PADDLE_RUN}
+
+outputs = run_paddle(optimised=False)
+{_COMPARE_TAIL}"""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -306,6 +521,25 @@ def _shape(shape: Any) -> str:
     if isinstance(shape, Sequence) and not isinstance(shape, str):
         return "[" + ", ".join(str(d) for d in shape) + "]"
     return "?" if shape is None else str(shape)
+
+
+def _error(metrics: Mapping[str, Any] | None, key: str, digits: int = 3) -> str:
+    """An error statistic; "inf" when it could not be computed because the target has NaN/Inf where the
+    reference is finite (the statistics skip non-finite pairs), never a dash for an infinite error."""
+    value = (metrics or {}).get(key)
+    if value is None:
+        return "inf" if metrics and _nonfinite(metrics) else "n/a"
+    return _num(value, digits)
+
+
+def _nonfinite(metrics: Mapping[str, Any]) -> str:
+    """ "N NaN, M inf in the target where the reference is finite" or ""."""
+    parts = []
+    for what in ("nan", "inf"):
+        extra = int(metrics.get(f"{what}_target") or 0) - int(metrics.get(f"{what}_ref") or 0)
+        if extra > 0:
+            parts.append(f"{extra} {'NaN' if what == 'nan' else 'inf'}")
+    return (", ".join(parts) + " in the target where the reference is finite") if parts else ""
 
 
 def _num(v: Any, digits: int = 3) -> str:
