@@ -628,3 +628,26 @@ def test_fused_group_is_named_as_a_group():
     issue = render_issue(repro)
     assert "(+2 fused ops)" in issue.splitlines()[0]
     assert "fuses into one kernel" in issue and "these 3 ops" in issue
+
+
+def test_subgraph_text_follows_what_delta_debugging_did():
+    report = report_dict("mismatch")
+    report["culprits"][0].update(kind="subgraph", ops=[10, 11, 12], ddmin={"one_minimal": False, "budget": 40})
+    md = render_report(report, None)
+    assert "stopped at its budget of 40 runs" in md and "could not be split further" not in md
+    report["culprits"][0]["ddmin"] = {"one_minimal": True, "calls": 7, "budget": 40}
+    md = render_report(report, None)
+    assert "delta debugging finished (7 runs)" in md and "budget" not in md
+
+
+def test_report_lists_duplicates_warnings_and_infinite_errors():
+    report = report_dict("mismatch")
+    report["culprits"][0]["duplicates"] = [{"index": 30, "ops": [30]}, {"index": 41, "ops": [41]}]
+    report["warnings"] = ["the reference's outputs hold NaN/Inf (2 NaN): both engines agree on them"]
+    inf = compare_tensor("t", np.ones(8, np.float32), np.full(8, np.inf, np.float32), CFG)
+    report["full_model"]["comparison"]["tensors"] = [inf.to_dict()]
+    md = render_report(report, None)
+    assert "also at ops 30 (op #30)" in md and "also at ops 41 (op #41)" in md
+    assert "> **Warning:** the reference's outputs hold NaN/Inf" in md
+    row = next(line for line in md.splitlines() if line.startswith("| `t` |"))
+    assert "| inf |" in row and "—" not in row.split("|")[3:6]

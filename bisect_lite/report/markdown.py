@@ -96,6 +96,8 @@ def _context(report: Mapping[str, Any]) -> list[str]:
         ("Tool", _esc(str(report.get("tool", "bisect-lite")))),
     ]
     out = ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    for warning in report.get("warnings") or []:
+        out += [f"> **Warning:** {_one_line(str(warning), 1000)}", ""]
     for side in ("target", "reference"):
         if report.get(f"{side}_nondeterministic"):
             out.append(
@@ -118,10 +120,7 @@ def _culprit_section(n: int, total: int, c: Mapping[str, Any]) -> list[str]:
             "separate them without undoing the fusion; the group alone, fed with reference inputs, fails."
         )
     elif kind == "subgraph":
-        out.append(
-            f"Blamed as a subgraph of {len(ops)} ops ({_ops(ops)}): it could not be split further "
-            "(a fused group, or cuts inside it could not be evaluated)."
-        )
+        out.append(f"Blamed as a subgraph of {len(ops)} ops ({_ops(ops)}): {_split_outcome(c)}")
     elif kind == "context":
         out.append(
             f"Blamed with its context ({_ops(ops) or 'this op'}): the op fails only inside the model, "
@@ -153,6 +152,14 @@ def _culprit_section(n: int, total: int, c: Mapping[str, Any]) -> list[str]:
         out.append("The op alone, fed the reference engine's inputs:")
         out.append("")
         out.extend(_metrics_table(isolated.get("tensors") or [], isolated.get("missing") or []))
+
+    for dup in c.get("duplicates") or []:
+        out.append(
+            f"- Same root cause (same op type, attributes and failure) also at {_ops(dup.get('ops') or [])} "
+            f"(op #{dup.get('index')}); no separate repro."
+        )
+    if c.get("duplicates"):
+        out.append("")
 
     repro = c.get("repro")
     if repro:
@@ -255,6 +262,8 @@ def _metrics_table(tensors: Sequence[Mapping[str, Any]], missing: Iterable[str])
         cells = [f"`{_esc(str(t.get('name', '?')))}`", "pass" if t.get("passed") else "**FAIL**"]
         for _, key in METRIC_COLUMNS:
             v = t.get(key)
+            if v is None and key in _ERROR_KEYS and _target_nonfinite(t):
+                v = "inf"  # the statistics skip non-finite pairs: an error that is infinite, not unknown
             cells.append(_pct(v) if key == "mismatch_fraction" else _num(v))
         cells.append(f"{t.get('nan_target', 0)}/{t.get('nan_ref', 0)}")
         cells.append(f"{t.get('inf_target', 0)}/{t.get('inf_ref', 0)}")
@@ -264,6 +273,30 @@ def _metrics_table(tensors: Sequence[Mapping[str, Any]], missing: Iterable[str])
         out.append(f"| `{_esc(str(name))}` | **missing** |" + " |" * (len(METRIC_COLUMNS) + 3))
     out.append("")
     return out
+
+
+_ERROR_KEYS = frozenset({"max_abs", "max_rel", "rel_l2", "min_atol", "min_rtol"})
+
+
+def _target_nonfinite(t: Mapping[str, Any]) -> bool:
+    """NaN or Inf in the target where the reference has fewer: the error there is infinite."""
+    return any(int(t.get(f"{k}_target") or 0) > int(t.get(f"{k}_ref") or 0) for k in ("nan", "inf"))
+
+
+def _split_outcome(c: Mapping[str, Any]) -> str:
+    """Why a subgraph was not reduced further, from what delta debugging reported (never claimed blindly)."""
+    ddmin = c.get("ddmin") or {}
+    if ddmin.get("one_minimal"):
+        return (
+            f"delta debugging finished ({ddmin.get('calls', '?')} runs): removing any one of these ops makes "
+            "the fault disappear."
+        )
+    if ddmin:
+        return (
+            f"delta debugging stopped at its budget of {ddmin.get('budget', '?')} runs, so a smaller failing "
+            "subset may exist."
+        )
+    return "no delta debugging ran on it (a fused group, or cuts inside it could not be evaluated)."
 
 
 def _op_types(report: Mapping[str, Any], culprits: list[Mapping[str, Any]]) -> dict[int, str]:
