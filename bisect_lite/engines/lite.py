@@ -40,11 +40,15 @@ import numpy as np
 from bisect_lite.engines.base import Engine, Job, RunResult
 from bisect_lite.engines.worker import Worker, WorkerDied, describe_exit
 from bisect_lite.errors import EngineUnavailable, InputError
+from bisect_lite.fsutil import atomic_write_text
 
 VALID_TARGETS = {"arm": "arm", "opencl": "opencl,arm", "x86": "x86"}
 WORKER_SCRIPT = Path(__file__).with_name("lite_worker.py")
 OPT_TIMEOUT = 600.0
 VERSION_WARNING = "not consistent with current Paddle-Lite version"  # what the runtime logs before it dies
+# Any non-empty OPENCL_MEMORY_CONFIG_FILE turns off opt's memory_optimize_pass (ARM and OpenCL), whose tensor
+# renaming would hide what was fused; a section header alone moves nothing. An EMPTY file makes opt throw.
+NO_REUSE_CONFIG = "device:cpu\n"
 
 
 def _tail(text: str, lines: int = 8) -> str:
@@ -197,10 +201,19 @@ class LiteEngine(Engine):
         if kind == "naive_buffer":
             out, done = work_dir / "model", work_dir / "model.nb"
         else:
-            out = done = work_dir / "optimized"
+            # The protobuf view is made without memory reuse, so every surviving tensor keeps its own name.
+            out = done = work_dir / "optimized-noreuse"
+            memory_config = memory_config or self._no_reuse_config(work_dir)
         if not done.exists():
             self._run_opt(model_dir, kind, out, memory_config)
         return done
+
+    @staticmethod
+    def _no_reuse_config(work_dir: Path) -> str:
+        path = work_dir / "no-reuse-memory-config.txt"
+        if not path.exists():
+            atomic_write_text(path, NO_REUSE_CONFIG)
+        return str(path)
 
     def _run_opt(self, model_dir: Path, kind: str, out: Path, memory_config: str | None) -> None:
         program = self._opt_program()
