@@ -136,7 +136,7 @@ def parse_tolerance_override(text: str, default: Tolerance) -> tuple[str, Tolera
 
 _FLOAT_FIELDS = frozenset(
     {"max_abs", "max_rel", "mean_abs", "rel_l2", "cosine", "mismatch_fraction", "min_atol", "min_rtol"}
-    | {"atol", "rtol"}
+    | {"atol", "rtol", "expected_rel_l2", "expected_max_abs", "bound_rel_l2", "bound_max_abs"}
 )
 
 
@@ -191,6 +191,15 @@ class TensorMetrics:
     worst_index: tuple[int, ...] | None = None
     atol: float | None = None  # the tolerance this tensor was judged with (after overrides)
     rtol: float | None = None
+    # NaN/inf elements that fail whatever the tolerance (NaN or inf where the reference has none, ...).
+    nonfinite_mismatch: int = 0
+    # "tolerance": `passed` is the atol/rtol rule; "precision": the precision model (bisect_lite.precision) judged
+    # the values against the error expected at this precision, shown in expected_* and bound_*.
+    judged_by: str = "tolerance"
+    expected_rel_l2: float | None = None
+    expected_max_abs: float | None = None
+    bound_rel_l2: float | None = None  # beyond precision when rel_l2 > bound_rel_l2 or max_abs > bound_max_abs
+    bound_max_abs: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -266,6 +275,7 @@ class _Numeric:
     rel_l2: float | None = None
     cosine: float | None = None
     n_fail: int = 0  # by the element rule, including non-finite mismatches
+    n_nonfinite: int = 0  # non-finite mismatches alone
     min_atol: float = 0.0
     min_rtol: float = 0.0
     worst: int | None = None  # flat index
@@ -423,6 +433,7 @@ class _Accumulator:
             self.inf_target,
         )
         res.n_fail = self.n_fail + self.n_bad
+        res.n_nonfinite = self.n_bad
         res.reasons = [f"{label} ({count} elements)" for label, count in self.bad_kinds.items()]
         n = self.n_finite
         if n:
@@ -574,6 +585,7 @@ def compare_tensor(name: str, ref: np.ndarray, target: np.ndarray, config: Compa
     m.mismatch_fraction = num.n_fail / ref.size if ref.size else 0.0
     m.nan_ref, m.nan_target = num.nan_ref, num.nan_target
     m.inf_ref, m.inf_target = num.inf_ref, num.inf_target
+    m.nonfinite_mismatch = num.n_nonfinite
     m.min_atol, m.min_rtol = num.min_atol, num.min_rtol
     if num.worst is not None:
         m.worst_index = tuple(int(i) for i in np.unravel_index(num.worst, ref.shape))

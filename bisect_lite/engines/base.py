@@ -93,8 +93,16 @@ class Engine:
 
     @property
     def half_precision(self) -> bool:
-        """Whether results carry fp16 rounding (chooses the default tolerance). Unknown engines: assume so."""
+        """Whether results may carry fp16 rounding: True unless the engine states fp32 (unknown counts as half)."""
         return True
+
+    @property
+    def declared_precision(self) -> str:
+        """The precision the engine states it computes in: "fp32", "fp16" or "unknown" (a user's program).
+
+        Engines that set ``half_precision = False`` compute in fp32; the fp16 emulation and Paddle-Lite's OpenCL
+        backend override this. "unknown" is judged as half precision (see bisect_lite.precision)."""
+        return "unknown" if self.half_precision else "fp32"
 
     def problem(self) -> str | None:
         """Why this configured engine cannot run (None when it can); may look at its options."""

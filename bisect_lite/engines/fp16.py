@@ -150,6 +150,7 @@ def fp16_model(
 
 class Fp16Engine(PaddleEngine):
     half_precision = True
+    declared_precision = "fp16"
     name = "fp16"
     summary = (
         "OpenCL-fp16 emulation on the host: activations and weights rounded to half between ops, "

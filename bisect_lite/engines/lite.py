@@ -108,6 +108,10 @@ class LiteEngine(Engine):
     def half_precision(self) -> bool:
         return self.place == "opencl" and self.precision != "fp32"
 
+    @property
+    def declared_precision(self) -> str:
+        return "fp16" if self.half_precision else "fp32"  # OpenCL precision=auto is fp16 on nearly every phone
+
     # ---- availability ----------------------------------------------------------------------------------
     @classmethod
     def unavailable_reason(cls) -> str | None:

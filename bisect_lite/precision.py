@@ -1,0 +1,436 @@
+"""The precision model: is a tensor's error a kernel bug, or what half precision costs?
+
+A fixed tolerance fails both ways: fp16 rounding accumulates with depth (a healthy fp16 run of PP-OCRv5 det is
+off by rel L2 1e-2 at its output), while a kernel that is 5 % off can move a model's output by only a few times
+that. So for a half-precision target every tensor gets its own expected error: the error that the host's `fp16`
+emulation (bisect_lite/engines/fp16.py: fp32 arithmetic, every activation and weight stored in half) makes
+against the fp32 reference on the same inputs. It is computed alongside the reference dump, batch by batch, and
+only per-tensor scalars are kept (`ExpectedError`).
+
+Verdict per float tensor (`PrecisionRule.judge`): beyond precision when
+
+    rel_l2(target)  > K * max(expected rel_l2,  L2_FLOOR)                  or
+    max_abs(target) > K * max(expected max_abs, PEAK_FLOOR * absmax(ref))
+
+and within precision otherwise. NaN/inf where the reference is finite, shape and dtype differences always fail.
+The L2 test catches faults spread over a tensor, the peak test faults on a few elements (a border, a row, a
+channel) whose L2 share is small.
+
+What K assumes (measured on an NVIDIA H200, layer by layer on the PP-OCRv5 models, ../shared/notes/precision.md):
+- `accumulation=fp32` (the default; tensor cores, block-accumulating kernels): real fp16 error / storage-only
+  emulation error is at most 4.0 on 5,232 tensor checks once the emulation error is floored at 2^-12 (rel L2) and
+  2^-11*absmax (peak); K = 6 leaves a margin of 1.5. Without the floors tiny tensors needed K > 40.
+- `accumulation=half` (many mobile OpenCL kernels in half precision): that ratio reaches 13 (p99 over 6 inputs)
+  and storage-only emulation is the wrong noise model. Tensors judged after accumulating through the model get
+  K * HALF_ACCUMULATION (about 80, the K the notes found clean); tensors of an op run alone on reference inputs
+  (isolation, where bug and noise separate best) get the accumulation-aware bound
+  K * max(emulation error, min(0.65*sqrt(K_red), ISOLATED_HALF_CAP) * ONE_ROUNDING), K_red the op's reduction
+  length: one op accumulating in half was measured at 0.65*sqrt(K_red) roundings (median), at most 31.7 for
+  K_red <= 4095, while a 5 % kernel fault is at least 195 roundings.
+Tune K with `--precision-factor`; `--accumulation half` selects the second model. Explicit tolerances (--atol,
+--rtol, --tol) win over the model; fp32 targets never use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bisect_lite.compare import Comparison, TensorMetrics
+from bisect_lite.fsutil import atomic_write_text
+from bisect_lite.model import Model, truncate
+
+DEFAULT_FACTOR = 6.0
+L2_FLOOR = 2.0**-12  # rel L2: one fp16 storage rounding is ~2.1e-4 (2^-12.2)
+PEAK_FLOOR = 2.0**-11  # max abs relative to the reference's max |x|: half an fp16 ulp at the top of the range
+ONE_ROUNDING = 2.1e-4  # rel L2 of one fp16 rounding of a tensor (measured, notes)
+HALF_ACCUMULATION = 80.0 / DEFAULT_FACTOR  # factor on K for accumulated tensors on a half-accumulating device
+ISOLATED_HALF_CAP = 31.7 / DEFAULT_FACTOR  # K * this = the largest isolated half-accumulation error measured
+ACCUMULATIONS = ("fp32", "half")
+PRECISIONS = ("fp16", "fp32", "unknown")
+EMULATION_SPEC = "fp16"  # the engine whose error is the expectation (storage rounding, fp32 arithmetic)
+
+
+@dataclass
+class ExpectedError:
+    """The emulation's error on one tensor, against the reference (scalars only)."""
+
+    rel_l2: float | None  # None: not computable (the emulation overflowed to inf/NaN there)
+    max_abs: float | None
+    ref_absmax: float
+    k_red: int = 1  # reduction length of the producing op (isolation under half accumulation)
+    isolated: bool = False  # measured on an op (or a few) fed reference values, not accumulated from the inputs
+    emulation_nonfinite: int = 0  # NaN/inf elements of the emulation where the reference is finite (fp16 overflow)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def error_stats(ref: np.ndarray, other: np.ndarray, k_red: int = 1, isolated: bool = False) -> ExpectedError | None:
+    """rel L2 and max abs of `other` against `ref` over the elements finite on both sides; None for non-float or
+    differently sized tensors (the tolerance rule judges those)."""
+    ref, other = np.asarray(ref), np.asarray(other)
+    if ref.dtype.kind != "f" or other.dtype.kind != "f" or ref.size != other.size:
+        return None
+    r = ref.reshape(-1).astype(np.float64)
+    o = other.reshape(-1).astype(np.float64)
+    finite_r = np.isfinite(r)
+    both = finite_r & np.isfinite(o)
+    bad = int(np.count_nonzero(finite_r & ~both))
+    if not both.all():
+        r, o = r[both], o[both]
+    absmax = float(np.abs(r).max()) if r.size else 0.0
+    if bad:
+        return ExpectedError(None, None, absmax, k_red, isolated, bad)
+    if not r.size:
+        return ExpectedError(0.0, 0.0, 0.0, k_red, isolated)
+    d = o - r
+    nr, nd = float(np.sqrt(np.dot(r, r))), float(np.sqrt(np.dot(d, d)))
+    rel = nd / nr if nr > 0 else (0.0 if nd == 0 else math.inf)
+    return ExpectedError(rel, float(np.abs(d).max()), absmax, k_red, isolated)
+
+
+def reduction_length(model: Model, index: int) -> int:
+    """How many products one output element of op `index` sums (1 for elementwise ops): conv Cin/groups*kh*kw,
+    matmul K, reductions and normalisations the reduced extent. From static shapes; 1 when unknown."""
+    op = model.ops[index]
+    attrs = model.op_attrs(index)
+
+    def shape(slot: str) -> list[int] | None:
+        names = op.inputs.get(slot) or []
+        var = model.vars.get(names[0]) if names else None
+        return list(var.shape) if var is not None and var.shape is not None else None
+
+    try:
+        if op.type in ("conv2d", "depthwise_conv2d", "conv2d_transpose", "conv3d"):
+            w = shape("Filter")
+            if w is None:
+                return 1
+            if op.type == "conv2d_transpose":  # filter [Cin, Cout/g, kh, kw]: each output sums Cin/g*kh*kw/strides
+                return max(1, int(np.prod(w[2:])) * max(w[0] // max(int(attrs.get("groups", 1) or 1), 1), 1))
+            return max(1, int(np.prod(w[1:])))
+        if op.type in ("matmul", "matmul_v2", "mul", "fc"):
+            x = shape("X")
+            if x is None:
+                return 1
+            trans = attrs.get("trans_x", attrs.get("transpose_X", False))
+            return max(1, abs(int(x[-2] if trans and len(x) >= 2 else x[-1])))
+        if op.type.startswith("reduce_") or op.type in ("softmax", "layer_norm", "mean", "pool2d"):
+            x = shape("X")
+            if x is None:
+                return 1
+            if op.type == "pool2d":
+                if attrs.get("global_pooling") or attrs.get("adaptive"):
+                    return max(1, abs(int(np.prod(x[2:]))))
+                return max(1, int(np.prod(attrs.get("ksize", [1]))))
+            if op.type == "softmax":
+                return max(1, abs(int(x[int(attrs.get("axis", -1))])))
+            if op.type == "layer_norm":
+                return max(1, abs(int(np.prod(x[int(attrs.get("begin_norm_axis", 1)) :]))))
+            dims = attrs.get("dim") or list(range(len(x)))
+            if attrs.get("reduce_all"):
+                dims = list(range(len(x)))
+            return max(1, abs(int(np.prod([x[d] for d in dims]))))
+    except (IndexError, TypeError, ValueError):
+        return 1
+    return 1
+
+
+@dataclass(frozen=True)
+class PrecisionRule:
+    """How a half-precision target's tensors are judged: factor K, the accumulation assumed, who declared it."""
+
+    factor: float = DEFAULT_FACTOR
+    accumulation: str = "fp32"
+    target_precision: str = "fp16"  # "fp16" or "unknown" (treated as half)
+    declared_by: str = "engine"  # "engine" | "--target-precision" | "undeclared"
+
+    def __post_init__(self) -> None:
+        if not (self.factor > 1.0 and math.isfinite(self.factor)):
+            raise ValueError(f"--precision-factor must be a number above 1, got {self.factor!r}")
+        if self.accumulation not in ACCUMULATIONS:
+            raise ValueError(f"--accumulation must be one of {', '.join(ACCUMULATIONS)}, got {self.accumulation!r}")
+
+    def bounds(self, e: ExpectedError) -> tuple[float, float] | None:
+        """(rel L2 bound, max abs bound) for a tensor with expectation `e`; None when the emulation itself
+        overflowed there (the element rule judges it: an overflow is a finding, not noise)."""
+        if e.rel_l2 is None or e.max_abs is None or not math.isfinite(e.rel_l2):
+            return None
+        k = self.factor
+        l2, peak = max(e.rel_l2, L2_FLOOR), max(e.max_abs, PEAK_FLOOR * e.ref_absmax)
+        if self.accumulation == "half":
+            if e.isolated:
+                noise = min(0.65 * math.sqrt(max(e.k_red, 1)), ISOLATED_HALF_CAP) * ONE_ROUNDING
+                l2 = max(l2, noise)
+                peak = max(peak, noise * e.ref_absmax)
+            else:
+                k *= HALF_ACCUMULATION
+        return k * l2, k * peak
+
+    def describe(self) -> str:
+        what = (
+            f"beyond precision when a tensor's rel L2 error exceeds {self.factor:g} x max(fp16-emulation error, "
+            f"2^-12) or its max abs error exceeds {self.factor:g} x max(emulation max abs, 2^-11 x max|ref|)"
+        )
+        if self.accumulation == "half":
+            what += (
+                f"; half accumulation assumed: x{HALF_ACCUMULATION:.3g} more for accumulated tensors, and for ops "
+                "run alone at least 0.65*sqrt(K_red) fp16 roundings"
+            )
+        return what
+
+    def judge(self, metrics: TensorMetrics, e: ExpectedError | None) -> TensorMetrics:
+        """`metrics` re-judged by the precision model (a copy); unchanged when the model cannot judge it."""
+        if e is None or metrics.rel_l2 is None or metrics.max_abs is None:
+            return metrics
+        b = self.bounds(e)
+        if b is None:
+            return metrics
+        structural = metrics.ref_shape != metrics.target_shape or metrics.ref_dtype.startswith(("int", "uint", "bool"))
+        if structural or metrics.nonfinite_mismatch:
+            return replace(
+                metrics,
+                judged_by="precision",
+                expected_rel_l2=e.rel_l2,
+                expected_max_abs=e.max_abs,
+                bound_rel_l2=b[0],
+                bound_max_abs=b[1],
+            )
+        over = []
+        if metrics.rel_l2 > b[0]:
+            over.append(
+                f"rel L2 {metrics.rel_l2:.3g} > {b[0]:.3g} (x{metrics.rel_l2 / max(e.rel_l2, L2_FLOOR):.3g} "
+                f"the fp16 emulation's {e.rel_l2:.3g})"
+            )
+        if metrics.max_abs > b[1]:
+            over.append(f"max abs {metrics.max_abs:.3g} > {b[1]:.3g} (emulation {e.max_abs:.3g})")
+        return replace(
+            metrics,
+            passed=not over,
+            reason=("beyond precision: " + "; ".join(over)) if over else "",
+            judged_by="precision",
+            expected_rel_l2=e.rel_l2,
+            expected_max_abs=e.max_abs,
+            bound_rel_l2=b[0],
+            bound_max_abs=b[1],
+        )
+
+    def judge_comparison(
+        self, cmp: Comparison, expected: Mapping[str, ExpectedError], keep: Iterable[str] = ()
+    ) -> Comparison:
+        """Every tensor with an expectation re-judged (except the names in `keep`: explicit --tol overrides)."""
+        kept = set(keep)
+        tensors = [m if m.name in kept else self.judge(m, expected.get(m.name)) for m in cmp.tensors]
+        return Comparison(tensors, list(cmp.missing))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "factor": self.factor,
+            "accumulation": self.accumulation,
+            "target_precision": self.target_precision,
+            "declared_by": self.declared_by,
+            "l2_floor": L2_FLOOR,
+            "peak_floor": PEAK_FLOOR,
+            "expected_from": f"`{EMULATION_SPEC}` emulation (fp16 storage, fp32 arithmetic) vs the reference",
+            "rule": self.describe(),
+        }
+
+
+def resolve_rule(
+    target_precision: str, declared: str | None = None, factor: float | None = None, accumulation: str | None = None
+) -> PrecisionRule | None:
+    """The rule for a target whose engine states `target_precision`; `declared` (--target-precision) wins.
+    None for fp32 targets (fp32 tolerances apply). Raises ValueError on bad values."""
+    if declared is not None and declared not in ("fp16", "fp32"):
+        raise ValueError(f"--target-precision must be fp16 or fp32, got {declared!r}")
+    precision = declared or target_precision
+    if precision == "fp32":
+        return None
+    by = "--target-precision" if declared else ("engine" if precision == "fp16" else "undeclared")
+    return PrecisionRule(
+        factor=DEFAULT_FACTOR if factor is None else float(factor),
+        accumulation=accumulation or "fp32",
+        target_precision=precision,
+        declared_by=by,
+    )
+
+
+# ---- expectations ------------------------------------------------------------------------------------------------
+class Expectations:
+    """Tensor name -> ExpectedError of the whole model run from its inputs, saved next to the reference dump."""
+
+    FILE = "precision.json"
+
+    def __init__(self, directory: Path) -> None:
+        self.file = directory / self.FILE
+        self.errors: dict[str, ExpectedError] = {}
+        self.seconds = 0.0
+        if self.file.exists():
+            data = json.loads(self.file.read_text())
+            self.errors = {k: ExpectedError(**v) for k, v in data["errors"].items()}
+            self.seconds = float(data.get("seconds", 0.0))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.errors)
+
+    def compute(
+        self,
+        model: Model,
+        values: Any,  # bisect_lite.reference.ReferenceValues (complete)
+        emulation: Any,  # EngineRunner of the fp16 emulation
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Run the emulation on the reference's own batches (same cuts, same memory budget) and keep per-tensor
+        error scalars. A batch the emulation cannot run leaves its tensors without expectation (judged by the
+        tolerance rule, and the report says how many)."""
+        import time
+
+        t0 = time.perf_counter()
+        batches: dict[str, list[str]] = {}
+        for name, file in values.index.items():
+            batches.setdefault(file, []).append(name)
+        errors: dict[str, ExpectedError] = {}
+        producers = model.producers
+        for i, names in enumerate(batches.values()):
+            cut = truncate(model, names)
+            result = emulation.run(cut, {f: values[f] for f in cut.feeds})
+            if result.ok:
+                for name in names:
+                    k_red = reduction_length(model, producers[name]) if name in producers else 1
+                    stats = error_stats(values[name], result.outputs[name], k_red)
+                    if stats is not None:
+                        errors[name] = stats
+            if on_batch:
+                on_batch(i + 1, len(batches))
+        self.errors = errors
+        self.seconds = time.perf_counter() - t0
+        payload = {"errors": {k: v.to_dict() for k, v in errors.items()}, "seconds": round(self.seconds, 3)}
+        atomic_write_text(self.file, json.dumps(payload))
+
+
+def isolated_expectations(
+    model: Model, sub: Model, feeds: Mapping[str, np.ndarray], ref_outputs: Mapping[str, np.ndarray], emulation: Any
+) -> dict[str, ExpectedError]:
+    """Expectations for a small model fed reference values (isolation, windows, delta debugging, shrunk shapes):
+    the emulation's own error on it. `model` is the whole model (for reduction lengths by tensor name)."""
+    result = emulation.run(sub, dict(feeds))
+    if not result.ok:
+        return {}
+    out: dict[str, ExpectedError] = {}
+    for name in sub.fetches:
+        index = model.producers.get(name)
+        k_red = reduction_length(model, index) if index is not None else 1
+        stats = error_stats(ref_outputs[name], result.outputs[name], k_red, isolated=True)
+        if stats is not None:
+            out[name] = stats
+    return out
+
+
+# ---- explanation -----------------------------------------------------------------------------------------------
+def contributors(model: Model, errors: Mapping[str, ExpectedError], top: int = 5) -> list[dict[str, Any]]:
+    """The ops whose output's expected (emulated fp16) error rises most above that of their inputs: where the
+    accumulated half-precision error comes from."""
+    rows = []
+    for index, name in model.data_tensors():
+        e = errors.get(name)
+        if e is None or e.rel_l2 is None or not math.isfinite(e.rel_l2):
+            continue
+        op = model.ops[index]
+        ins = [errors[t].rel_l2 for t in op.reads if t in errors and errors[t].rel_l2 is not None]
+        before = max([x for x in ins if x is not None and math.isfinite(x)], default=0.0)
+        rows.append(
+            {
+                "index": index,
+                "type": op.type,
+                "tensor": name,
+                "expected_rel_l2": e.rel_l2,
+                "inputs_rel_l2": before,
+                "added": e.rel_l2 - before,
+            }
+        )
+    rows.sort(key=lambda r: -r["added"])
+    return rows[:top]
+
+
+def depth_curve(model: Model, errors: Mapping[str, ExpectedError]) -> list[tuple[int, float]]:
+    """(op index, worst expected rel L2 among its outputs) along the model: the precision error along depth."""
+    out: dict[int, float] = {}
+    for index, name in model.data_tensors():
+        e = errors.get(name)
+        if e is not None and e.rel_l2 is not None and math.isfinite(e.rel_l2):
+            out[index] = max(out.get(index, 0.0), e.rel_l2)
+    return sorted(out.items())
+
+
+def how_to_confirm(target_spec: str) -> str:
+    if target_spec.startswith("lite:") and "opencl" in target_spec:
+        base = ",".join(p for p in target_spec.split(",") if not p.startswith("precision="))
+        return (
+            f"run the same job with --target {base},precision=fp32: an fp32 OpenCL run that matches the reference "
+            "confirms the difference is half-precision rounding"
+        )
+    if target_spec.startswith("cmd:"):
+        return (
+            "run your runner in fp32 (and pass --target-precision fp32): if it then matches the reference, the "
+            "difference is half-precision rounding"
+        )
+    if target_spec.split(":")[0] == EMULATION_SPEC:
+        return "the fp16 emulation has no kernel of its own: its whole difference is fp16 storage rounding"
+    return "run the target in fp32: if it then matches the reference, the difference is half-precision rounding"
+
+
+def explain_within(
+    model: Model,
+    rule: PrecisionRule,
+    cmp: Comparison,
+    errors: Mapping[str, ExpectedError],
+    target_spec: str,
+    checked: int,
+) -> dict[str, Any]:
+    """The report's `precision` section for a run whose every difference is within the precision model."""
+    worst = max(
+        (m for m in cmp.tensors if m.bound_rel_l2 and m.rel_l2 is not None),
+        key=lambda m: m.rel_l2 / m.bound_rel_l2,  # type: ignore[operator]
+        default=None,
+    )
+    parts = []
+    if worst is not None:
+        parts.append(
+            f"the output {worst.name} is off by rel L2 {worst.rel_l2:.3g} (max abs {worst.max_abs:.3g}); fp16 "
+            f"storage rounding alone gives {worst.expected_rel_l2:.3g} there, the bound is {worst.bound_rel_l2:.3g}"
+        )
+    parts.append(f"all {checked} tensors checked are within {rule.factor:g}x the expected fp16 error")
+    top = contributors(model, errors)
+    if top:
+        parts.append(
+            "the error accumulates most at "
+            + ", ".join(f"op {r['index']} {r['type']} (+{r['added']:.2g})" for r in top[:3])
+        )
+    return {
+        "summary": "Within half precision: " + "; ".join(parts) + ".",
+        "confirm": how_to_confirm(target_spec),
+        "contributors": top,
+        "tensors_checked": checked,
+    }
+
+
+def judged_names(cmp: Comparison | None) -> Sequence[str]:
+    return [m.name for m in cmp.tensors if m.judged_by == "precision"] if cmp else []
+
+
+@dataclass
+class DeepCheck:
+    """Every tensor the reference dump holds, judged on the target (the output alone can hide a fault)."""
+
+    failing: list[str] = field(default_factory=list)
+    checked: int = 0
+    runs: int = 0
+    comparison: Comparison | None = None
+    crashed: str = ""
