@@ -452,15 +452,15 @@ std::string InfoJson(const Options& o, const Backend& b, const std::string& vers
   return j + "}\n";
 }
 
-MobileConfig MakeConfig(const Options& o, const Backend& b) {
-  MobileConfig config;
-  config.set_model_from_file(o.model);
+// Fills a config in place: MobileConfig is not copyable through every header the runner builds with.
+void Configure(const Options& o, const Backend& b, MobileConfig* config) {
+  config->set_model_from_file(o.model);
 #ifndef BISECT_LITE_NO_OPENCL_API
   if (b.opencl_valid) {
     std::string dir, name;
     if (!o.cl_cache.empty()) {
       SplitDirName("--cl-cache", o.cl_cache, &dir, &name);
-      config.set_opencl_binary_path_name(dir, name);
+      config->set_opencl_binary_path_name(dir, name);
     }
     if (o.tune != "none") {
       paddle::lite_api::CLTuneMode mode = paddle::lite_api::CL_TUNE_RAPID;
@@ -468,28 +468,30 @@ MobileConfig MakeConfig(const Options& o, const Backend& b) {
       if (o.tune == "exhaustive") mode = paddle::lite_api::CL_TUNE_EXHAUSTIVE;
       // Without --tune-file the tuned work sizes go next to the model, named after it.
       SplitDirName("--tune-file", o.tune_file.empty() ? o.model + ".tune" : o.tune_file, &dir, &name);
-      config.set_opencl_tune(mode, dir, name);
+      config->set_opencl_tune(mode, dir, name);
     }
     paddle::lite_api::CLPrecisionType precision = paddle::lite_api::CL_PRECISION_AUTO;
     if (o.precision == "fp16") precision = paddle::lite_api::CL_PRECISION_FP16;
     if (o.precision == "fp32") precision = paddle::lite_api::CL_PRECISION_FP32;
-    config.set_opencl_precision(precision);
+    config->set_opencl_precision(precision);
   }
 #else
   (void)b;
 #endif
 #ifndef BISECT_LITE_NO_ARM_API
-  if (o.power_mode >= 0) config.set_power_mode(static_cast<paddle::lite_api::PowerMode>(o.power_mode));
-  if (o.threads > 0) config.set_threads(o.threads);
+  if (o.power_mode >= 0) config->set_power_mode(static_cast<paddle::lite_api::PowerMode>(o.power_mode));
+  if (o.threads > 0) config->set_threads(o.threads);
 #else
   if (o.power_mode >= 0 || o.threads > 0) {
     std::cerr << kProgram << ": warning: --threads/--power-mode ignored (built without the ARM config API)\n";
   }
 #endif
-  return config;
 }
 
-std::shared_ptr<PaddlePredictor> CreatePredictor(const MobileConfig& config, const std::string& model) {
+std::shared_ptr<PaddlePredictor> CreatePredictor(const Options& o, const Backend& b) {
+  const std::string& model = o.model;
+  MobileConfig config;
+  Configure(o, b, &config);
   std::shared_ptr<PaddlePredictor> predictor;
   try {
     predictor = paddle::lite_api::CreatePaddlePredictor<MobileConfig>(config);
@@ -517,7 +519,7 @@ int Main(int argc, char** argv) {
     std::string version;
     bool have_version = false;
     if (!o.model.empty()) {
-      version = CreatePredictor(MakeConfig(o, backend), o.model)->GetVersion();
+      version = CreatePredictor(o, backend)->GetVersion();
       have_version = true;
     }
     std::cout << InfoJson(o, backend, version, have_version, nullptr);
@@ -527,7 +529,7 @@ int Main(int argc, char** argv) {
   const std::vector<Feed> feeds = LoadFeeds(o.inputs);
   MakeDirs(o.outputs);
 
-  std::shared_ptr<PaddlePredictor> predictor = CreatePredictor(MakeConfig(o, backend), o.model);
+  std::shared_ptr<PaddlePredictor> predictor = CreatePredictor(o, backend);
   const std::vector<std::string> input_names = predictor->GetInputNames();
   std::vector<const npy::Array*> bound(input_names.size(), nullptr);
   for (size_t i = 0; i < input_names.size(); ++i) {
