@@ -55,14 +55,34 @@ def _root(
 
 # ---- model commands ------------------------------------------------------------------------------------
 @app.command()
-def ops(model: ModelArg, params: ParamsOpt = None, as_json: Json = False) -> None:
+def ops(
+    model: ModelArg,
+    params: ParamsOpt = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="Show what this engine's optimiser makes of the model (e.g. lite:opencl): its optimised program "
+            "and fused groups (JSON key `groups`: lists of original op indices).",
+        ),
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached conversions.")] = False,
+    as_json: Json = False,
+) -> None:
     """List the ops (index, type, inputs -> outputs with shapes), op types, feeds, fetches and params size."""
     from bisect_lite.model import load_model
     from bisect_lite.model.describe import describe, format_tensor
 
-    info = describe(load_model(model, params))
+    loaded = load_model(model, params)
+    info = describe(loaded)
+    if target:
+        info["target"] = _target_view(loaded, target, no_cache)
+        info["groups"] = info["target"]["groups"]
     if as_json:
         _print_json(info)
+        return
+    if target:
+        _print_target_view(info["target"])
         return
     table = Table(title=f"{len(info['ops'])} ops", show_lines=False)
     for col in ("#", "type", "inputs", "outputs"):
@@ -77,6 +97,46 @@ def ops(model: ModelArg, params: ParamsOpt = None, as_json: Json = False) -> Non
     out.print("feeds:   " + ", ".join(format_tensor(t) + f" {t['dtype']}" for t in info["feeds"]))
     out.print("fetches: " + ", ".join(format_tensor(t) + f" {t['dtype']}" for t in info["fetches"]))
     out.print(f"params:  {info['params']['count']} tensors, {info['params']['bytes'] / 1e6:.2f} MB")
+
+
+def _target_view(model: Any, target: str, no_cache: bool) -> dict[str, Any]:
+    from bisect_lite.cache import Cache
+    from bisect_lite.engines.registry import create_engine
+    from bisect_lite.errors import EngineUnavailable
+    from bisect_lite.model import load_model
+    from bisect_lite.model.describe import describe_target
+
+    # Only the engine's optimiser is needed (opt converts for ARM and OpenCL anywhere): no runtime, no runner.
+    engine = create_engine(target)
+    cache = Cache(results=not no_cache)
+    try:
+        directory = engine.optimized_program(cache.model_dir(model), cache.prepared_dir(model, engine.cache_key()))
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        reason = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+        raise EngineUnavailable(f"engine {target} cannot optimise this model: {reason}") from None
+    finally:
+        engine.close()
+    if directory is None:
+        raise InputError(f"engine {target} has no optimised program to show (only lite:* engines have one)")
+    return describe_target(model, load_model(directory, with_params=False), str(engine.spec))
+
+
+def _print_target_view(view: dict[str, Any]) -> None:
+    table = Table(title=f"{view['engine']}: {view['kernels']} kernels, {view['glue_ops']} glue ops", show_lines=False)
+    for col in ("kernel", "place", "original ops", "inputs -> outputs"):
+        table.add_column(col, overflow="fold")
+    for op in view["optimized_ops"]:
+        where = "/".join(str(op[k]) for k in ("place", "precision", "layout") if op[k])
+        covers = "glue" if op["glue"] else ", ".join(map(str, op["ops"]))
+        kernel = f"{op['type']}/{op['kernel']}" if op["kernel"] else op["type"]
+        table.add_row(kernel, where, covers, f"{', '.join(op['inputs'])} -> {', '.join(op['outputs'])}")
+    out.print(table)
+    fused = view["fused_groups"]
+    out.print(f"fused groups: {len(fused)} of {len(view['groups'])} groups")
+    for g in fused:
+        out.print(f"  ops {', '.join(map(str, g['ops']))}: {'+'.join(g['types'])} -> {g['into']} on {g['place']}")
+    out.print("places: " + ", ".join(f"{k} {v}" for k, v in view["places"].items()))
 
 
 @app.command()
