@@ -44,3 +44,54 @@ def format_tensor(info: dict[str, Any]) -> str:
     shape = info["shape"]
     dims = "x".join("?" if d < 0 else str(d) for d in shape) if shape is not None else "-"
     return f"{info['name']}[{dims}]"
+
+
+def describe_target(original: Model, optimized: Model, engine: str) -> dict[str, Any]:
+    """What a target's optimiser made of `original`: its optimised program in order (kernels with their place,
+    precision and layout, glue ops marked) and the fused groups as lists of original op indices."""
+    from bisect_lite.model.fusion import GLUE_OPS, base_name, fusion_groups, kernel_of, optimized_ops
+
+    groups = fusion_groups(original, optimized)
+    group_by_kernel = {g.optimized.index: g for g in groups if g.optimized is not None}
+    computing = iter(optimized_ops(optimized))
+    program = []
+    for op in optimized.ops:
+        if op.type in ("feed", "fetch"):
+            continue
+        kernel = kernel_of(optimized, op.desc_index)
+        row: dict[str, Any] = {
+            "type": op.type,
+            "glue": op.type in GLUE_OPS,
+            "kernel": kernel.alias if kernel else None,
+            "place": kernel.place if kernel else None,
+            "precision": kernel.precision if kernel else None,
+            "layout": kernel.layout if kernel else None,
+            "inputs": [a for slot, args in op.inputs.items() for a in args if not optimized.is_param(a)],
+            "outputs": [a for slot, args in op.outputs.items() if slot != "XShape" for a in args],
+        }
+        if row["glue"]:
+            row["of"] = base_name(row["outputs"][0]) if row["outputs"] else None
+        else:
+            group = group_by_kernel.get(next(computing).index)
+            row["ops"] = group.ops if group else []
+        program.append(row)
+    ordered = sorted(groups, key=lambda g: g.ops[0])
+    return {
+        "engine": engine,
+        "groups": [g.ops for g in ordered],
+        "fused_groups": [
+            {
+                "ops": g.ops,
+                "types": [original.ops[i].type for i in g.ops],
+                "into": g.optimized.type if g.optimized else None,
+                "place": g.optimized.place if g.optimized else None,
+                "hidden_tensors": g.internal,
+            }
+            for g in ordered
+            if len(g.ops) > 1
+        ],
+        "optimized_ops": program,
+        "kernels": sum(not r["glue"] for r in program),
+        "glue_ops": sum(r["glue"] for r in program),
+        "places": dict(Counter(r["place"] for r in program if not r["glue"]).most_common()),
+    }

@@ -100,7 +100,7 @@ class FusedGroup:
         return self.ops[-1]
 
 
-def _kernel(optimized: Model, desc_index: int) -> Kernel | None:
+def kernel_of(optimized: Model, desc_index: int) -> Kernel | None:
     for attr in optimized.block.ops[desc_index].attrs:
         if attr.name == KERNEL_ATTR:
             return Kernel.parse(attr.s)
@@ -117,7 +117,7 @@ def optimized_ops(optimized: Model) -> list[OptimizedOp]:
     for op in optimized.ops:
         if op.type in GLUE_OPS:
             continue
-        kernel = _kernel(optimized, op.desc_index)
+        kernel = kernel_of(optimized, op.desc_index)
         raw_outputs = tuple(dict.fromkeys(_data_args(optimized, op.outputs)))
         out.append(
             OptimizedOp(
@@ -140,7 +140,7 @@ def glue_ops(optimized: Model) -> list[GlueOp]:
         if op.type in GLUE_OPS and op.type not in ("feed", "fetch"):
             ins = [a for args in op.inputs.values() for a in args]
             outs = [a for args in op.outputs.values() for a in args]
-            kernel = _kernel(optimized, op.desc_index)
+            kernel = kernel_of(optimized, op.desc_index)
             out.append(GlueOp(op.type, kernel, ins[0] if ins else "", outs[0] if outs else ""))
     return out
 
