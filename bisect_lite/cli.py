@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,10 +22,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Find the first op whose output differs between a reference engine and a target engine.",
 )
-out = Console(highlight=False, soft_wrap=True)
-if not out.is_terminal and "COLUMNS" not in __import__("os").environ:
+# markup=False: engine messages, tensor and file names are shown as they are ("[/dims]" is text, not a tag).
+out = Console(highlight=False, soft_wrap=True, markup=False)
+if not out.is_terminal and "COLUMNS" not in os.environ:
     out.width = 160  # piped output: wide tables rather than folded cells
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show engine logs (Paddle's glog) on stderr.")]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
@@ -99,6 +103,20 @@ def ops(
     out.print(f"params:  {info['params']['count']} tensors, {info['params']['bytes'] / 1e6:.2f} MB")
 
 
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace bisect-lite's own earlier output at this path (nothing else).")
+]
+
+
+def _save_model_output(model: Any, output: Path, source: Any, params: Path | None, force: bool) -> None:
+    from bisect_lite.fsutil import check_output_dir
+    from bisect_lite.model import save_model
+
+    output = Path(os.path.abspath(output))
+    check_output_dir(output, protected=[source.source, params], force=force, option="-o")
+    save_model(model, output, marker=True)
+
+
 def _target_view(model: Any, target: str, no_cache: bool) -> dict[str, Any]:
     from bisect_lite.cache import Cache
     from bisect_lite.engines.registry import create_engine
@@ -145,13 +163,15 @@ def truncate(
     at: Annotated[list[str], typer.Option("--at", help="Tensor to make an output (repeatable, kept in order).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the cut model into.")],
     params: ParamsOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Cut the model so that the given tensors are its outputs (the backward slice that computes them)."""
-    from bisect_lite.model import load_model, save_model
+    from bisect_lite.model import load_model
     from bisect_lite.model import truncate as do_truncate
 
-    cut = do_truncate(load_model(model, params), at)
-    save_model(cut, output)
+    source = load_model(model, params)
+    cut = do_truncate(source, at)
+    _save_model_output(cut, output, source, params, force)
     out.print(f"wrote {output} ({len(cut.ops)} ops, fetches: {', '.join(cut.fetches)})")
 
 
@@ -161,13 +181,15 @@ def extract(
     op: Annotated[str, typer.Option("--op", help="Op index N or inclusive range N..M (see `ops`).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the extracted model into.")],
     params: ParamsOpt = None,
+    force: ForceOpt = False,
 ) -> None:
     """Make a standalone model of one op or a range of ops; outside tensors become feeds."""
     from bisect_lite.model import extract as do_extract
-    from bisect_lite.model import load_model, save_model
+    from bisect_lite.model import load_model
 
-    sub = do_extract(load_model(model, params), parse_op_range(op))
-    save_model(sub, output)
+    source = load_model(model, params)
+    sub = do_extract(source, parse_op_range(op))
+    _save_model_output(sub, output, source, params, force)
     out.print(f"wrote {output} ({len(sub.ops)} ops, feeds: {', '.join(sub.feeds)}, fetches: {', '.join(sub.fetches)})")
 
 
@@ -178,10 +200,16 @@ TargetOpt = Annotated[
 ]
 InputsOpt = Annotated[Path | None, typer.Option("--inputs", help=".npz with one array per model input (by name).")]
 ShapeOpt = Annotated[list[str], typer.Option("--shape", help="NAME=D1,D2,... for dynamic input dims (repeatable).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of generated inputs.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed of generated inputs (default 0).")]
 IntRangeOpt = Annotated[str | None, typer.Option("--int-range", help="LOW,HIGH for generated integer inputs.")]
-AtolOpt = Annotated[float | None, typer.Option("--atol", help="Absolute tolerance (default 1e-2, for fp16).")]
-RtolOpt = Annotated[float | None, typer.Option("--rtol", help="Relative tolerance (default 1e-2, for fp16).")]
+AtolOpt = Annotated[
+    float | None,
+    typer.Option("--atol", help="Absolute tolerance (default by target precision: 5e-2 half, 1e-4 fp32)."),
+]
+RtolOpt = Annotated[
+    float | None,
+    typer.Option("--rtol", help="Relative tolerance (default by target precision: 5e-2 half, 1e-4 fp32)."),
+]
 TolOpt = Annotated[list[str], typer.Option("--tol", help="Per-tensor NAME:atol=X,rtol=Y (repeatable).")]
 AllowInfOpt = Annotated[bool, typer.Option("--allow-inf", help="Matching infs of the same sign pass.")]
 StatOpt = Annotated[str, typer.Option("--check-error-stat", help="elementwise | max | mean | median.")]
@@ -243,7 +271,7 @@ def compare(
     target: TargetOpt = None,
     inputs: InputsOpt = None,
     shape: ShapeOpt = [],
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     int_range: IntRangeOpt = None,
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
@@ -262,6 +290,13 @@ def compare(
     from bisect_lite.compare_engines import compare_engines
     from bisect_lite.engines.registry import resolve_engines
 
+    check_timeout(timeout)
+    seed = check_seed(seed)
+    if save_inputs is not None:
+        from bisect_lite.fsutil import check_output_file
+
+        save_inputs = Path(os.path.abspath(save_inputs))
+        check_output_file(save_inputs, protected=_model_paths(model, params), option="--save-inputs")
     ref_spec, target_spec = resolve_engines(ref, target)
     config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
     report = compare_engines(
@@ -359,7 +394,7 @@ def run(
     ] = "1G",
     no_minimise: Annotated[bool, typer.Option("--no-minimise", help="Keep the repro's input shapes.")] = False,
     shape: ShapeOpt = [],
-    seed: SeedOpt = 0,
+    seed: SeedOpt = None,
     int_range: IntRangeOpt = None,
     atol: AtolOpt = None,
     rtol: RtolOpt = None,
@@ -377,8 +412,10 @@ def run(
     from bisect_lite.bisector import RunOptions, run_bisect
     from bisect_lite.engines.registry import resolve_engines
 
-    if resume and (ref is None or target is None):
-        ref, target = _recorded_engines(out_dir, ref, target)
+    check_timeout(timeout)
+    if resume:
+        ref, target = _check_resume(model, params, out_dir, ref, target, inputs, shape, seed, int_range)
+    seed = check_seed(seed)
     ref_spec, target_spec = resolve_engines(ref, target)
     config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
     if strategy not in ("bisect", "placement"):
@@ -408,9 +445,10 @@ def run(
     try:
         with RunProgress(err, enabled=not as_json) as progress:
             report = run_bisect(model, options, progress.event)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"interrupted; continue with: bisect-lite run {model} --out {out_dir} --resume\n")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        sys.stderr.write(f"{what}; continue with: bisect-lite run {model} --out {out_dir} --resume\n")
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     if as_json:
         _print_json(report)
     else:
@@ -418,13 +456,61 @@ def run(
     raise typer.Exit(0 if report["verdict"] == "match" else 1)
 
 
-def _recorded_engines(out_dir: Path, ref: str | None, target: str | None) -> tuple[str | None, str | None]:
-    from bisect_lite.journal import Journal
+def _check_resume(
+    model_path: Path,
+    params: Path | None,
+    out_dir: Path,
+    ref: str | None,
+    target: str | None,
+    inputs: Path | None,
+    shape: list[str],
+    seed: int | None,
+    int_range: str | None,
+) -> tuple[str, str]:
+    """--resume continues exactly the recorded run: options that would change it are refused, never ignored."""
+    from bisect_lite.fsutil import check_output_dir
+    from bisect_lite.journal import read_header
 
-    header = Journal(out_dir / "journal.jsonl").header() if (out_dir / "journal.jsonl").exists() else None
-    if header:
-        return ref or header["ref"], target or header["target"]
-    return ref, target
+    check_output_dir(out_dir, resume=True, option="--out")
+    header = read_header(out_dir)
+    for option, given, recorded in (("--ref", ref, header["ref"]), ("--target", target, header["target"])):
+        if given is not None and given != recorded:
+            raise InputError(
+                f"--resume: {out_dir} was made with {option} {recorded}, not {given}; "
+                "drop the option to continue, or start over with --force"
+            )
+    if inputs is not None or shape or seed is not None or int_range is not None:
+        from bisect_lite.cache import inputs_hash
+        from bisect_lite.inputs import prepare_inputs
+        from bisect_lite.model import load_model
+
+        model = load_model(model_path, params)
+        feeds = prepare_inputs(model, inputs, shapes=shape, seed=check_seed(seed), int_range=int_range)
+        if inputs_hash(feeds) != header["inputs"]:
+            given = "--inputs" if inputs is not None else "--seed/--shape/--int-range"
+            raise InputError(
+                f"--resume: {given} give other inputs than the run in {out_dir} used; drop them to continue, or "
+                "start over with --force"
+            )
+    return header["ref"], header["target"]
+
+
+def check_seed(seed: int | None) -> int:
+    from bisect_lite.inputs import check_seed as check
+
+    return check(0 if seed is None else seed)
+
+
+def check_timeout(timeout: float) -> float:
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise InputError(f"--timeout {timeout}: expected a positive, finite number of seconds")
+    return timeout
+
+
+def _model_paths(model_path: Path, params: Path | None) -> list[Path | None]:
+    """The model's directory (a .pdmodel's parent) and an explicit params file: outputs must stay clear of both."""
+    path = Path(model_path)
+    return [path if path.is_dir() else path.parent, params]
 
 
 def parse_size(text: str) -> int:
@@ -478,14 +564,32 @@ def verify(
         str | None, typer.Option("--target", help="Engine to verify (default: the recorded one).")
     ] = None,
     junit: Annotated[Path | None, typer.Option("--junit", help="Write a JUnit XML report for CI.")] = None,
+    trust_command: Annotated[
+        bool,
+        typer.Option(
+            "--trust-recorded-command",
+            help="Run a cmd: engine recorded in the repro (off: such repros need --target).",
+        ),
+    ] = False,
     timeout: TimeoutOpt = 120.0,
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> None:
-    """Re-run repro bundles: exit 0 when every one now passes (fix verified), 1 when any still fails."""
-    from bisect_lite.repro.verify import verify_repros, write_junit
+    """Re-run repro bundles: exit 0 when every one now passes (fix verified), 1 when any still fails.
 
-    results = verify_repros(repros, ref=ref, target=target, timeout=timeout, verbose=verbose)
+    A `cmd:` engine recorded in a repro is never run unless named with --target or allowed with
+    --trust-recorded-command: repros are made to be shared, and a command from a stranger is not run blindly."""
+    from bisect_lite.repro.verify import find_repros, is_junit_report, verify_repros, write_junit
+
+    check_timeout(timeout)
+    if junit is not None:
+        from bisect_lite.fsutil import check_output_file
+
+        junit = Path(os.path.abspath(junit))
+        check_output_file(junit, protected=find_repros(repros), option="--junit", ours=is_junit_report)
+    results = verify_repros(
+        repros, ref=ref, target=target, timeout=timeout, verbose=verbose, trust_recorded_command=trust_command
+    )
     if junit:
         write_junit(junit, results)
     if as_json:
@@ -522,33 +626,78 @@ def parse_op_range(text: str) -> list[int]:
 
 def _fail(message: str, code: int) -> None:
     # Plain write: one line, never wrapped or styled, whatever the terminal width.
-    sys.stderr.write(f"error: {message}\n")
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"error: {text}\n")
     sys.exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so that every `finally` runs and no engine process outlives bisect-lite."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _os_error(exc: OSError) -> tuple[str, int]:
+    """A file system failure (read-only, full, missing, not permitted): the user's path is exit 2, the cache or
+    temporary space (the environment) exit 3."""
+    from bisect_lite.cache import default_root
+
+    where = exc.filename or ""
+    text = f"{where}: {exc.strerror or exc}" if where else f"{exc.strerror or exc}"
+    environment = False
+    if where:
+        import tempfile
+
+        roots = [default_root(), Path(tempfile.gettempdir())]
+        environment = any(Path(os.path.abspath(where)).is_relative_to(Path(os.path.abspath(r))) for r in roots)
+    if environment:
+        return f"cannot use the cache or temporary space: {text} (set BISECT_LITE_CACHE or TMPDIR, or free space)", 3
+    return f"cannot read or write {text}", 2
+
+
 def main() -> None:
+    from bisect_lite.engines.worker import kill_all_children
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    verbose = "-v" in sys.argv or "--verbose" in sys.argv
     try:
         # Without standalone mode click returns a command's exit code instead of raising SystemExit.
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except BisectLiteError as exc:
         _fail(str(exc), exc.exit_code)
+    except Terminated:
+        sys.stderr.write("terminated\n")
+        sys.exit(143)
     except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
+        sys.stderr.write("interrupted\n")
         sys.exit(130)
+    except OSError as exc:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        _fail(*_os_error(exc))
     except Exception as exc:  # typer's (vendored click's) usage errors: one line, exit 2
         if type(exc).__name__ == "Exit":
             sys.exit(getattr(exc, "exit_code", 0))
-        if type(exc).__name__ == "Abort":
-            err.print("aborted", markup=False)
-            sys.exit(130)
+        if type(exc).__name__ == "Abort":  # click's wrapper of a KeyboardInterrupt (or our SIGTERM)
+            terminated = isinstance(exc.__cause__ or exc.__context__, Terminated)
+            sys.stderr.write("terminated\n" if terminated else "interrupted\n")
+            sys.exit(143 if terminated else 130)
         if hasattr(exc, "format_message"):
             hint = f" (see `bisect-lite {exc.ctx.info_name} --help`)" if getattr(exc, "ctx", None) else ""
             _fail(f"{exc.format_message()}{hint}", 2)
-        if "-v" in sys.argv or "--verbose" in sys.argv:
-            raise
+        if verbose:  # the traceback for the bug report; the exit code stays 4
+            import traceback
+
+            traceback.print_exc()
         _fail(
             f"internal error ({type(exc).__name__}: {exc}); this is a bisect-lite bug: rerun with -v for the "
             "traceback and report it",
             4,
         )
+    finally:
+        kill_all_children()

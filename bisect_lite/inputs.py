@@ -17,6 +17,15 @@ from bisect_lite.errors import InputError
 from bisect_lite.fsutil import atomic_write_bytes
 from bisect_lite.model import Model
 
+MAX_INPUT_BYTES = 4 << 30  # generated inputs beyond this are a typo in --shape, not a model to debug on a host
+MAX_DIM = (1 << 31) - 1
+
+
+def check_seed(seed: int) -> int:
+    if not 0 <= seed < 2**63:
+        raise InputError(f"--seed {seed}: expected an integer between 0 and 2**63 - 1")
+    return seed
+
 
 def parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """`--shape name=1,3,224,224` (repeatable)."""
@@ -27,10 +36,10 @@ def parse_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
             if not eq or not name:
                 raise ValueError
             shape = tuple(int(d) for d in re.split(r"[,x]", dims))  # 1,3,224,224 or 1x3x224x224
-            if not shape or any(d <= 0 for d in shape):
+            if not shape or any(d <= 0 or d > MAX_DIM for d in shape):
                 raise ValueError
         except ValueError:
-            raise InputError(f"--shape {item!r}: expected NAME=D1,D2,... with positive dims") from None
+            raise InputError(f"--shape {item!r}: expected NAME=D1,D2,... with dims between 1 and {MAX_DIM}") from None
         out[name] = shape
     return out
 
@@ -40,7 +49,7 @@ def parse_int_range(text: str | None) -> tuple[int, int]:
         return (0, 10)
     try:
         lo, hi = (int(p) for p in text.split(",", 1))
-        if hi <= lo:
+        if hi <= lo or lo < -(2**63) or hi > 2**63:
             raise ValueError
         return lo, hi
     except ValueError:
@@ -59,8 +68,9 @@ def generate_inputs(
     unknown = set(shapes) - set(model.feeds)
     if unknown:
         raise InputError(f"--shape names {sorted(unknown)} are not model inputs ({', '.join(model.feeds)})")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     out: dict[str, np.ndarray] = {}
+    total = 0
     for name in model.feeds:
         var = model.vars[name]
         shape = tuple(shapes.get(name, var.shape or ()))
@@ -69,7 +79,19 @@ def generate_inputs(
                 shape = (1, *shape[1:])  # a dynamic batch dim: use 1
             else:
                 raise InputError(f"input {name!r} has dynamic dims {list(var.shape or ())}; give --shape {name}=...")
-        dtype = np.dtype(var.dtype or "float32")
+        try:
+            dtype = np.dtype(var.dtype or "float32")
+        except TypeError:
+            raise InputError(f"input {name!r}: cannot generate values of dtype {var.dtype}") from None
+        count = 1
+        for d in shape:
+            count *= int(d)
+        total += count * dtype.itemsize
+        if total > MAX_INPUT_BYTES:
+            raise InputError(
+                f"input {name!r} of shape {list(shape)} would need {total / 2**30:.1f} GiB of inputs (limit "
+                f"{MAX_INPUT_BYTES >> 30} GiB); give smaller dims with --shape {name}=..."
+            )
         if dtype.kind == "f":
             out[name] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind in "iu":
@@ -84,15 +106,7 @@ def generate_inputs(
 def load_inputs(path: Path, model: Model) -> dict[str, np.ndarray]:
     """Read an .npz keyed by feed names; check names, dtypes and ranks against the model."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise InputError(f"{path}: inputs file not found") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npz file ({exc})") from None
-    if not isinstance(arrays, dict):
-        raise InputError(f"{path}: expected an .npz with one array per input")
+    arrays = read_npz(path, "inputs file")
     missing = [n for n in model.feeds if n not in arrays]
     if missing:
         raise InputError(f"{path}: missing inputs {missing} (has {sorted(arrays)}; model inputs: {model.feeds})")
@@ -110,6 +124,31 @@ def load_inputs(path: Path, model: Model) -> dict[str, np.ndarray]:
             arr = arr.astype(var.dtype)
         out[name] = arr
     return out
+
+
+def read_npz(path: Path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> dict[str, np.ndarray]:
+    """Load a user's .npz: a regular zip file of plain arrays (no pickles), each no larger than `limit`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: {what} not found")
+    if not path.is_file():
+        raise InputError(f"{path}: {what} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] != b"PK":
+            npy = magic == b"\x93NUM"
+            hint = " (an .npy holds one array; save one array per input with numpy.savez)" if npy else ""
+            raise InputError(f"{path}: {what} is not an .npz archive{hint}")
+        with zipfile.ZipFile(path) as archive:
+            if sum(i.file_size for i in archive.infolist()) > limit:
+                raise InputError(f"{path}: {what} holds more than {limit >> 20} MiB of arrays")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except InputError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError, NotImplementedError) as exc:
+        raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
 
 
 def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

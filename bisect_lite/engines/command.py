@@ -5,23 +5,24 @@ Placeholders: {model_dir} (holds model.pdmodel and model.pdiparams), {model_file
 keyed by the fetched tensor's name) and {io} (JSON {"feeds": [...], "fetches": [...]} in col order).
 The template is split like a shell command line (shlex) and run without a shell. Exit 0 with a complete outputs
 file is a result; anything else is a `crash` verdict; running longer than the timeout is a `timeout` verdict.
+Every placeholder is an absolute path, and the program runs in the directory bisect-lite was started from (so
+`cmd:python my_runner.py ...` finds my_runner.py there). It runs in its own process group, which is killed when
+it exits: children it leaves behind do not outlive the run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import select
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from bisect_lite.engines.base import Engine, Job, RunResult
-from bisect_lite.engines.worker import describe_exit, tail
+from bisect_lite.engines.worker import describe_exit, kill_group, tail, track_group
 from bisect_lite.errors import InputError
 
 PLACEHOLDERS = ("model_dir", "model_file", "params_file", "inputs", "outputs", "io")
@@ -43,6 +44,8 @@ class CommandEngine(Engine):
             raise InputError(f"engine cmd:{self.template}: cannot split the command line ({exc})") from None
         if not self.argv:
             raise InputError("engine cmd: empty command template")
+        # The user's working directory at invocation: relative programs and arguments in the template mean that.
+        self.cwd = Path.cwd()
         for part in self.argv:
             try:
                 part.format(**{p: "" for p in PLACEHOLDERS})
@@ -53,7 +56,10 @@ class CommandEngine(Engine):
                 ) from None
 
     def _program(self) -> Path | None:
-        found = shutil.which(self.argv[0])
+        program = self.argv[0]
+        if os.sep in program and not os.path.isabs(program):
+            program = str(self.cwd / program)
+        found = shutil.which(program)
         return Path(found) if found else None
 
     def version(self) -> str:
@@ -66,13 +72,14 @@ class CommandEngine(Engine):
         return f"{prog.name}@{tag}"
 
     def execute(self, job: Job, timeout: float) -> RunResult:
+        model_dir = Path(os.path.abspath(job.model_dir))
         values = {
-            "model_dir": str(job.model_dir),
-            "model_file": str(job.model_dir / "model.pdmodel"),
-            "params_file": str(job.model_dir / "model.pdiparams"),
-            "inputs": str(job.inputs_file),
-            "outputs": str(job.outputs_file),
-            "io": str(job.io_file),
+            "model_dir": str(model_dir),
+            "model_file": str(model_dir / "model.pdmodel"),
+            "params_file": str(model_dir / "model.pdiparams"),
+            "inputs": os.path.abspath(job.inputs_file),
+            "outputs": os.path.abspath(job.outputs_file),
+            "io": os.path.abspath(job.io_file),
         }
         argv = [part.format(**values) for part in self.argv]
         log = job.outputs_file.with_name("stderr.log")
@@ -85,21 +92,23 @@ class CommandEngine(Engine):
                     stdout=err,
                     stderr=err,
                     start_new_session=True,
-                    cwd=job.outputs_file.parent,
+                    cwd=self.cwd,
                 )
         except OSError as exc:
             return RunResult("crash", message=f"cannot start {argv[0]!r}: {exc.strerror}")
+        track_group(proc.pid)
         try:
             code = _wait(proc, timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             return RunResult(
                 "timeout",
                 seconds=time.perf_counter() - start,
                 message=f"no result within {timeout:g} s" + _with_tail(log),
             )
+        finally:
+            # Not reaped yet (pidfd wait), so the group id cannot have been reused: kill what is left of it.
+            kill_group(proc.pid)
+            proc.wait()
         seconds = time.perf_counter() - start
         if code != 0:
             return RunResult("crash", seconds=seconds, message=describe_exit(code) + _with_tail(log))

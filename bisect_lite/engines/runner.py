@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import zipfile
@@ -22,6 +23,60 @@ from bisect_lite.errors import EngineUnavailable
 from bisect_lite.model import Model
 
 DEFAULT_TIMEOUT = 120.0
+
+
+MAX_OUTPUT_BYTES = int(os.environ.get("BISECT_LITE_MAX_OUTPUT_BYTES", 4 << 30))
+
+
+class BadOutputs(Exception):
+    pass
+
+
+def check_outputs_file(path: Path, fetches: list[str], limit: int | None = None) -> dict[str, int]:
+    """Validate an engine's outputs .npz without loading it; return {name: CRC-32} of its arrays.
+
+    Refused: anything but a regular file (a FIFO or /dev/zero would hang or never end), more bytes than `limit`,
+    far more members than fetches, compressed or pickled members, and any .npy whose header claims another size
+    than the member holds."""
+    limit = MAX_OUTPUT_BYTES if limit is None else limit
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadOutputs("not a regular file")
+        if st.st_size > limit:
+            raise BadOutputs(f"{st.st_size} bytes, more than the {limit} byte cap (BISECT_LITE_MAX_OUTPUT_BYTES)")
+        with os.fdopen(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as archive:
+            infos = archive.infolist()
+            if len(infos) > 2 * len(fetches) + 16:
+                raise BadOutputs(f"{len(infos)} arrays for {len(fetches)} fetches")
+            if sum(i.file_size for i in infos) > limit:
+                raise BadOutputs(f"arrays larger than the {limit} byte cap in all")
+            digests: dict[str, int] = {}
+            for info in infos:
+                name = info.filename.removesuffix(".npy")
+                if name not in fetches:
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    else:
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    header_len = member.tell()
+                if dtype.hasobject:
+                    raise BadOutputs(f"{name!r} holds Python objects")
+                count = 1
+                for d in shape:
+                    count *= d
+                if header_len + count * dtype.itemsize != info.file_size:
+                    raise BadOutputs(
+                        f"{name!r} claims shape {list(shape)} {dtype} but holds {info.file_size - header_len} bytes"
+                    )
+                digests[name] = info.CRC
+            return digests
+    finally:
+        os.close(fd)
 
 
 class EngineRunner:
@@ -45,7 +100,8 @@ class EngineRunner:
         self.timeout = timeout
         self.verbose = verbose
         self._scratch_tmp = None if scratch else tempfile.TemporaryDirectory(prefix="bisect-lite-run-")
-        base = Path(scratch) if scratch else Path(self._scratch_tmp.name)  # type: ignore[union-attr]
+        # Absolute: engines (cmd: programs, workers) may run in another working directory.
+        base = Path(os.path.abspath(scratch if scratch else self._scratch_tmp.name))  # type: ignore[union-attr]
         # Each runner gets its own directory: its worker log must not mix with another engine's.
         self.scratch = base / re.sub(r"[^A-Za-z0-9_.-]+", "_", str(self.engine.spec))[:60]
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -96,8 +152,15 @@ class EngineRunner:
         )
         np.savez(job.inputs_file, **inputs)
         job.io_file.write_text(json.dumps({"feeds": job.feeds, "fetches": job.fetches}))
+        reused = any(job.work_dir.iterdir())  # conversions from an earlier run, which may have been damaged since
         start = time.perf_counter()
         result = self._execute(job)
+        if result.status == "crash" and reused:
+            # A cached conversion is not trusted with a verdict: convert afresh and run once more.
+            self.cache.discard_prepared(model, self._key)
+            job.work_dir.mkdir(parents=True, exist_ok=True)
+            job.outputs_file.unlink(missing_ok=True)
+            result = self._execute(job)
         result.seconds = time.perf_counter() - start
         self.runs += 1
         self.runs_by_phase[self.phase] = self.runs_by_phase.get(self.phase, 0) + 1
@@ -124,17 +187,21 @@ class EngineRunner:
     @staticmethod
     def _collect(job: Job, result: RunResult, load: bool = True) -> RunResult:
         """Check the outputs file holds every fetch; load the arrays, or (load=False) only their CRC-32s from the
-        zip directory, which is enough to compare two runs bit for bit without reading the data."""
+        zip directory, which is enough to compare two runs bit for bit without reading the data.
+
+        The file is the engine's word, not ours: it must be a regular file within the byte cap, and every array's
+        header must agree with its stored size before anything is allocated (a header may claim 4 TiB)."""
         try:
-            with zipfile.ZipFile(job.outputs_file) as archive:
-                digests = {i.filename.removesuffix(".npy"): i.CRC for i in archive.infolist()}
+            digests = check_outputs_file(job.outputs_file, job.fetches)
             outputs: dict[str, np.ndarray] = {}
             if load:
                 with np.load(job.outputs_file, allow_pickle=False) as data:
-                    outputs = {k: data[k] for k in data.files}
+                    outputs = {f: data[f] for f in job.fetches if f in digests}
         except FileNotFoundError:
             return RunResult("crash", seconds=result.seconds, message="engine wrote no outputs file")
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        except BadOutputs as exc:
+            return RunResult("crash", seconds=result.seconds, message=f"unusable outputs file: {exc}")
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
             return RunResult("crash", seconds=result.seconds, message=f"unreadable outputs file ({exc})")
         missing = [f for f in job.fetches if f not in digests]
         if missing:

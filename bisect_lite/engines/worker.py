@@ -10,6 +10,8 @@ Start it with `python -m bisect_lite.engines.worker SPEC`.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import selectors
@@ -25,6 +27,30 @@ from bisect_lite.engines.base import Job, RunResult
 
 STARTUP_TIMEOUT = 180.0
 QUIET_ENV = {"GLOG_minloglevel": "3", "GLOG_v": "0", "FLAGS_call_stack_level": "0", "PYTHONWARNINGS": "ignore"}
+
+
+# Process groups of every engine process this process started and has not reaped yet: killed after each run
+# (leftover children), on stop, and at exit or on SIGINT/SIGTERM (cli.main), so nothing outlives bisect-lite.
+_LIVE_GROUPS: set[int] = set()
+
+
+def track_group(pgid: int) -> None:
+    _LIVE_GROUPS.add(pgid)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group (the engine process and every child it left behind)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    _LIVE_GROUPS.discard(pgid)
+
+
+def kill_all_children() -> None:
+    for pgid in list(_LIVE_GROUPS):
+        kill_group(pgid)
+
+
+atexit.register(kill_all_children)
 
 
 def tail(path: Path, limit: int = 1500) -> str:
@@ -94,6 +120,7 @@ class Worker:
             )
         finally:
             log.close()
+        track_group(self.proc.pid)
         self._buf = b""
         msg = self._read_message(STARTUP_TIMEOUT)
         if msg is None or not msg.get("ready"):
@@ -106,11 +133,10 @@ class Worker:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                proc.kill()
+        # The whole group, even when the worker itself has exited: children it started must not survive it.
+        kill_group(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         proc.wait()
         for stream in (proc.stdin, proc.stdout):
             if stream:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
+
+import numpy as np
 
 from bisect_lite.errors import InputError
 from bisect_lite.fsutil import atomic_dir, is_inside
 from bisect_lite.model.graph import Model
 from bisect_lite.model.params import read_combined, read_tensor, write_combined
-from bisect_lite.model.proto import framework_pb2
+from bisect_lite.model.proto import DENSE_TENSOR, framework_pb2
 
 MODEL_FILE = "model.pdmodel"
 PARAMS_FILE = "model.pdiparams"
@@ -27,6 +30,8 @@ def locate(path: Path, params: Path | None = None) -> tuple[Path, Path | None, s
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
+    if not path.is_file() and not path.is_dir():
+        raise InputError(f"{path}: not a regular file or directory (a FIFO or device is not a model)")
     if path.is_file():
         if path.suffix == ".json":
             raise InputError(f"{path} {PIR_HELP}")
@@ -81,16 +86,33 @@ def locate(path: Path, params: Path | None = None) -> tuple[Path, Path | None, s
     )
 
 
+MAX_ELEMENTS = 1 << 40  # no tensor of a real model comes near this: larger dims are corrupt, not big
+
+
+def read_regular(path: Path, what: str) -> bytes:
+    """Read a whole file that must be a regular file: a FIFO or device would hang or never end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{path}: {what} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
 def load_model(path: str | Path, params: str | Path | None = None, *, with_params: bool = True) -> Model:
     """Load a legacy inference model from a directory or a program file (never writes anything).
 
     `with_params=False` reads the program only: enough to inspect an optimiser's output, whose params file
     layout is the optimiser's business."""
     model_file, params_path, layout = locate(Path(path), Path(params) if params else None)
-    try:
-        data = model_file.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{model_file}: cannot read ({exc.strerror})") from None
+    data = read_regular(model_file, "the program")
     if data[:1] in (b"{", b"["):
         try:
             json.loads(data)
@@ -110,6 +132,9 @@ def load_model(path: str | Path, params: str | Path | None = None, *, with_param
     try:
         names = model.param_names()
         _ = model.ops  # decode now so a malformed program fails here, with the file's name
+        _check_vars(model)
+    except InputError as exc:
+        raise InputError(f"{model_file}: {exc}") from None
     except Exception as exc:
         raise InputError(f"{model_file}: malformed program ({exc})") from None
     if not with_params:
@@ -119,38 +144,79 @@ def load_model(path: str | Path, params: str | Path | None = None, *, with_param
     elif names:
         if params_path is None:
             raise InputError(f"{model_file}: the model has {len(names)} parameters but no params file was found")
-        try:
-            blob = Path(params_path).read_bytes()
-        except OSError as exc:
-            raise InputError(f"{params_path}: cannot read ({exc.strerror})") from None
+        blob = read_regular(Path(params_path), "the params file")
         try:
             model.params = read_combined(blob, names)
         except InputError as exc:
             raise InputError(f"{params_path}: {exc}") from None
+    _check_params(model, params_path or model_file.parent)
     return model
+
+
+def _check_vars(model: Model) -> None:
+    """Dims and dtypes every later step relies on: bounded sizes, dtypes numpy knows for feeds and params."""
+    for var in model.vars.values():
+        if var.kind != DENSE_TENSOR or var.shape is None:
+            continue
+        if any(d < -1 for d in var.shape):
+            raise InputError(f"var {var.name!r} has invalid dims {list(var.shape)}")
+        known = 1
+        for d in var.shape:
+            known *= max(d, 1)
+        if known > MAX_ELEMENTS:
+            raise InputError(f"var {var.name!r} has implausible dims {list(var.shape)} (corrupt program?)")
+    for name in [*model.feeds, *(n for n in model.param_names() if model.vars[n].kind == DENSE_TENSOR)]:
+        var = model.vars.get(name)
+        if var is None:
+            raise InputError(f"input {name!r} is fed but not declared")
+        if var.dtype is not None:
+            try:
+                np.dtype(var.dtype)
+            except TypeError:
+                raise InputError(f"var {name!r} has an unsupported data type ({var.dtype})") from None
+
+
+def _check_params(model: Model, where: Path) -> None:
+    """Each stored tensor must be what the program declares: an engine would fail later with a worse message."""
+    for name, array in model.params.items():
+        var = model.vars.get(name)
+        if var is None or var.shape is None or var.kind != DENSE_TENSOR:
+            continue
+        declared = tuple(var.shape)
+        if len(declared) != array.ndim or any(d >= 0 and d != a for d, a in zip(declared, array.shape, strict=True)):
+            raise InputError(
+                f"{where}: parameter {name!r} has shape {list(array.shape)}, the program declares {list(declared)}"
+            )
+        if var.dtype is not None and var.dtype != "bfloat16" and np.dtype(var.dtype) != array.dtype:
+            raise InputError(f"{where}: parameter {name!r} is {array.dtype}, the program declares {var.dtype}")
 
 
 def _read_separate(directory: Path, names: list[str]) -> dict:
     out = {}
     for name in names:
         f = Path(directory) / name
+        if not f.exists():
+            raise InputError(f"{directory}: parameter file {name!r} is missing")
+        blob = read_regular(f, "a parameter file")
         try:
-            blob = f.read_bytes()
-        except OSError:
-            raise InputError(f"{directory}: parameter file {name!r} is missing") from None
-        array, end = read_tensor(blob, 0, name)
+            array, end = read_tensor(blob, 0, name)
+        except InputError as exc:
+            raise InputError(f"{f}: {exc}") from None
         if end != len(blob):
             raise InputError(f"{f}: {len(blob) - end} unexpected trailing bytes")
         out[name] = array
     return out
 
 
-def save_model(model: Model, out_dir: str | Path, extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write `model.pdmodel` + `model.pdiparams` into `out_dir`, atomically (temp dir + rename)."""
+def save_model(
+    model: Model, out_dir: str | Path, extra_files: dict[str, bytes] | None = None, *, marker: bool = False
+) -> Path:
+    """Write `model.pdmodel` + `model.pdiparams` into `out_dir`, atomically (temp dir + rename). Callers writing a
+    user's path apply fsutil.check_output_dir first; `marker` marks the directory as bisect-lite's output."""
     out_dir = Path(out_dir)
-    if model.source is not None and is_inside(out_dir, model.source):
-        raise InputError(f"{out_dir}: refusing to write into the input model's directory {model.source}")
-    with atomic_dir(out_dir) as tmp:
+    if model.source is not None and (is_inside(out_dir, model.source) or is_inside(model.source, out_dir)):
+        raise InputError(f"{out_dir}: refusing to write into or over the input model's directory {model.source}")
+    with atomic_dir(out_dir, marker=marker) as tmp:
         write_model_files(model, tmp)
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)

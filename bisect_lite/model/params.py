@@ -32,6 +32,8 @@ def read_tensor(buf: memoryview | bytes, offset: int = 0, name: str = "?") -> tu
         for _ in range(lod_level):
             (nbytes,) = struct.unpack_from("<Q", view, offset)
             offset += 8 + nbytes
+            if offset > len(view):
+                raise struct.error("LoD past the end")
         version, desc_len = struct.unpack_from("<Ii", view, offset)
         offset += 8
         if version != 0 or desc_len < 0 or offset + desc_len > len(view):
@@ -51,7 +53,9 @@ def read_tensor(buf: memoryview | bytes, offset: int = 0, name: str = "?") -> tu
     shape = tuple(int(d) for d in desc.dims)
     if any(d < 0 for d in shape):
         raise InputError(f"tensor {name!r} has negative dims {shape}")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = 1
+    for d in shape:  # Python ints: corrupt dims must not wrap around in int64
+        count *= d
     nbytes = count * dtype.itemsize
     if offset + nbytes > len(view):
         raise InputError(

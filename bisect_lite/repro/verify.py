@@ -14,6 +14,7 @@ import numpy as np
 from bisect_lite.cache import Cache
 from bisect_lite.compare import CompareConfig, Comparison, Tolerance, compare_outputs
 from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
+from bisect_lite.engines.spec import parse_spec
 from bisect_lite.errors import InputError
 from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import load_model
@@ -79,11 +80,58 @@ def _config(tolerance: dict[str, Any]) -> CompareConfig:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    from bisect_lite.inputs import read_npz
+
+    return read_npz(path, "repro file")
+
+
+def read_facts(repro: Path) -> dict[str, Any]:
+    """repro.json, checked for what verify relies on: a shared repro may be damaged or hand-edited."""
+    path = repro / "repro.json"
     try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable ({exc})") from None
+        facts = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable repro.json ({exc})") from None
+
+    def text(*keys: str) -> str:
+        value: Any = facts
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, str) or not value:
+            raise InputError(f"{path}: damaged repro.json ({'.'.join(keys)} missing or not text)")
+        return value
+
+    if not isinstance(facts, dict):
+        raise InputError(f"{path}: damaged repro.json (not an object)")
+    text("target", "engine")
+    text("reference", "engine")
+    text("op", "type")
+    tolerance = facts.get("tolerance", {})
+    try:
+        _config(tolerance if isinstance(tolerance, dict) else {})
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise InputError(f"{path}: damaged repro.json (tolerance)") from None
+    return facts
+
+
+def recorded_command_refusal(repro: Path, spec: str) -> str | None:
+    """Why a repro's recorded engine is not run: a cmd: template is a command line written by whoever made the repro."""
+    if parse_spec(spec).name != "cmd":
+        return None
+    return (
+        f"{repro}: the repro records the command engine {spec!r}; bisect-lite does not run a recorded command: name "
+        "the engine with --target (or pass --trust-recorded-command if you wrote this repro)"
+    )
+
+
+def is_junit_report(path: Path) -> bool:
+    """An existing --junit file may be replaced only when it is an earlier report of ours."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(400)
+    except OSError:
+        return False
+    return head.startswith(b"<?xml") and b'<testsuite name="bisect-lite verify"' in head
 
 
 def verify_repros(
@@ -94,10 +142,18 @@ def verify_repros(
     compare: CompareConfig | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     verbose: bool = False,
+    trust_recorded_command: bool = False,
 ) -> list[VerifyResult]:
     """Run each repro's target (recorded, or `target`) against its expected outputs (recorded, or recomputed
-    with `ref`). Never uses cached results: a verification must run the build under test."""
+    with `ref`). Never uses cached results: a verification must run the build under test. A recorded `cmd:` engine
+    runs only with `trust_recorded_command`; every repro is checked before any engine runs."""
     repros = find_repros(paths)
+    all_facts = {repro: read_facts(repro) for repro in repros}
+    if not trust_recorded_command and target is None:  # the recorded reference never runs: expected.npz is used
+        for repro, facts in all_facts.items():
+            refusal = recorded_command_refusal(repro, facts["target"]["engine"])
+            if refusal:
+                raise InputError(refusal)
     runners: dict[str, EngineRunner] = {}
     cache = Cache(results=False)
 
@@ -109,10 +165,7 @@ def verify_repros(
     results: list[VerifyResult] = []
     try:
         for repro in repros:
-            try:
-                facts = json.loads((repro / "repro.json").read_text())
-            except ValueError as exc:
-                raise InputError(f"{repro / 'repro.json'}: not valid JSON ({exc})") from None
+            facts = all_facts[repro]
             model = load_model(repro)
             inputs = _load_npz(repro / "inputs.npz")
             missing = [f for f in model.feeds if f not in inputs]
@@ -130,7 +183,7 @@ def verify_repros(
             else:
                 expected = _load_npz(repro / "expected.npz")
             result = runner(target_spec).run(model, inputs, use_cache=False)
-            op = f"{facts['op']['type']} (op {facts['op']['index']})"
+            op = f"{facts['op']['type']} (op {facts['op'].get('index', '?')})"
             if not result.ok:
                 results.append(
                     VerifyResult(repro, op, target_spec, ref_spec, "crash", result.message, time.perf_counter() - start)
