@@ -22,15 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bisect_lite import __version__
 from bisect_lite.cache import Cache, inputs_hash
 from bisect_lite.compare import CompareConfig
 from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
 from bisect_lite.errors import InputError
-from bisect_lite.fsutil import is_inside
-from bisect_lite.inputs import prepare_inputs, save_npz
+from bisect_lite.fsutil import OutputDir, claim_output_dir
+from bisect_lite.inputs import prepare_inputs, read_npz, save_npz
 from bisect_lite.journal import Journal
 from bisect_lite.model import Model, load_model
 from bisect_lite.phases.bundle import culprit_entry, tolerance_dict, write_outputs
@@ -69,29 +67,9 @@ class RunOptions:
 
 
 # ---- the job ----------------------------------------------------------------------------------------------------
-def prepare_out_dir(out: Path, model: Model, resume: bool, force: bool = False) -> None:
-    if model.source is not None and is_inside(out, model.source):
-        raise InputError(f"--out {out} is inside the model directory {model.source}; bisect-lite never writes there")
-    if out.exists():
-        if not out.is_dir():
-            raise InputError(f"--out {out} exists and is not a directory")
-        has_journal = (out / "journal.jsonl").exists()
-        if force and not resume:
-            if not has_journal and any(out.iterdir()):
-                raise InputError(f"--force: {out} is not the output of an earlier run; refusing to delete it")
-            _remove_tree(out)
-        if resume and not has_journal:
-            raise InputError(f"--resume: {out} holds no journal of an earlier run")
-        if not resume and out.exists() and any(out.iterdir()):
-            hint = (
-                "use --resume to continue it or --force to replace it"
-                if has_journal
-                else "choose an empty or new --out"
-            )
-            raise InputError(f"--out {out} is not empty ({hint})")
-    elif resume:
-        raise InputError(f"--resume: {out} does not exist")
-    out.mkdir(parents=True, exist_ok=True)
+def prepare_out_dir(out: Path, model: Model, resume: bool, force: bool = False) -> OutputDir:
+    """The output-path policy of fsutil; the returned claim holds the directory's lock until closed."""
+    return claim_output_dir(out, protected=[model.source], force=force, resume=resume, option="--out")
 
 
 def run_bisect(model_path: Path, options: RunOptions, events: Events | None = None) -> dict[str, Any]:
@@ -104,12 +82,15 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         options.compare = CompareConfig(default=default_tolerance(options.target))
     model = load_model(model_path, options.params)
     out = Path(options.out)
-    prepare_out_dir(out, model, options.resume, options.force)
+    claim = prepare_out_dir(out, model, options.resume, options.force)
     journal = Journal(out / "journal.jsonl")
     header = journal.header()
     if options.resume:
-        with np.load(out / "inputs.npz", allow_pickle=False) as data:
-            inputs = {k: data[k] for k in data.files}
+        if header is None:
+            raise InputError(f"--resume: {out} holds no journal header; start over with --force")
+        inputs = read_npz(out / "inputs.npz", "the interrupted run's inputs")
+        if inputs_hash(inputs) != header["inputs"]:
+            raise InputError(f"--resume: {out}/inputs.npz is not the run's inputs any more; start over with --force")
         if header and header["model"] != model.fingerprint:
             raise InputError(f"--resume: {out} was made for another model (fingerprint {header['model']})")
         if header and (header["ref"], header["target"]) != (options.ref, options.target):
@@ -153,6 +134,7 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         cache.close()
         values.close()
         _remove_tree(scratch)
+        claim.close()
 
 
 def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[str, Any]]]]:
