@@ -213,3 +213,25 @@ def describe_group(model: Model, group: FusedGroup) -> str:
     into = f" -> {group.optimized.type}" if group.optimized else ""
     where = f" on {group.optimized.place}" if group.optimized and group.optimized.place else ""
     return f"ops {format_ops(group.ops)} ({types}{into}{where})"
+
+
+def cpu_placement_config(ops: list[OptimizedOp]) -> str:
+    """An OPENCL_MEMORY_CONFIG_FILE that sends these optimised ops to the CPU: a `device:cpu` section with one
+    `op_type:inputs:outputs` rule per op. The names must come from a program saved without memory reuse (those
+    are the names opt's pass sees); an empty list is refused because an empty file makes opt throw."""
+    if not ops:
+        raise ValueError("no op to move: an empty OPENCL_MEMORY_CONFIG_FILE makes opt throw")
+    rules = [f"{op.type}:{','.join(op.inputs)}:{','.join(op.outputs)}" for op in ops]
+    return "device:cpu\n" + "\n".join(rules) + "\n"
+
+
+def placement_misses(moved: list[OptimizedOp], placed: Model) -> list[str]:
+    """Ops that were asked to leave OpenCL yet are still there in the re-optimised program (`type -> output`),
+    or that cannot be found in it at all."""
+    where = {t: op for op in optimized_ops(placed) for t in op.outputs}
+    misses = []
+    for op in moved:
+        now = next((where[t] for t in op.outputs if t in where), None)
+        if now is None or now.place == "opencl":
+            misses.append(f"{op.type} -> {op.outputs[0] if op.outputs else '?'}" + (" (gone)" if now is None else ""))
+    return misses
