@@ -6,8 +6,17 @@ import time
 from typing import Any
 
 from bisect_lite.errors import InputError
+from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import frontier, truncate
-from bisect_lite.model.fusion import FusedGroup, describe_group, fusion_groups, group_of, optimized_ops
+from bisect_lite.model.fusion import (
+    FusedGroup,
+    cpu_placement_config,
+    describe_group,
+    fusion_groups,
+    group_of,
+    optimized_ops,
+    placement_misses,
+)
 from bisect_lite.phases.context import STATUS_WORD, WORD_STATUS, Probe, RunContext
 from bisect_lite.search import ProbeOutcome, Status, bisect_first_failure, expected_probes
 
@@ -120,20 +129,19 @@ def placement_search(ctx: RunContext, whole: ProbeOutcome) -> dict[str, Any] | N
     def probe_first(k: int) -> ProbeOutcome:
         moved = gpu[: k + 1]
         config = config_dir / f"cpu-first-{k + 1}.txt"
-        lines = [f"{op.type}:{','.join(op.inputs)}:{','.join(op.outputs)}" for op in moved]
-        config.write_text("device:cpu\n" + "\n".join(lines) + "\n")
+        # Rules name tensors of the program without memory reuse: the names opt's placement pass matches.
+        atomic_write_text(config, cpu_placement_config(moved))
         place(config)
         t0 = time.perf_counter()
         try:
             placed = ctx.target.optimized_program(model)
-            moved_outputs = {t for m in moved for t in m.outputs}
-            still = (
-                [op.type for op in optimized_ops(placed) if op.place == "opencl" and set(op.outputs) & moved_outputs]
-                if placed
-                else []
-            )
+            # Check in the re-optimised program that every op really left OpenCL (users report that it
+            # sometimes does not): a probe whose placement did not take effect tells nothing.
+            still = placement_misses(moved, placed) if placed is not None else ["no optimised program to check"]
             if still:
-                outcome, cmp, message = ProbeOutcome(Status.SKIP), None, f"placement ignored for {still}"
+                message = f"skipped: placement did not take effect for {len(still)} op(s): {', '.join(still[:3])}"
+                outcome, cmp = ProbeOutcome(Status.SKIP, detail=message), None
+                ctx.notes.append(f"placement probe moving the first {k + 1} OpenCL ops: {message}")
             else:
                 result = ctx.target.run(model, inputs)
                 judged, cmp = ctx.judge(result, expected, list(model.fetches))
