@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Build bisect_lite_runner for this Linux x86-64 host against the REAL Paddle-Lite library of a `paddlelite`
+# wheel (paddlelite/lite.so exports the C++ light API next to its Python bindings), with bisect-lite's own
+# header (host/include: the wheel ships none). Also builds abi_check, which checks that header against the
+# library (run it with any .nb this library loads; tests/test_runner_native.py does).
+#
+#   PYTHON=/path/to/env-with-paddlelite/bin/python ./host/build.sh [OUT_DIR]
+#
+# Result in OUT_DIR (default: build/host next to runners/android): bisect_lite_runner, abi_check and lib/.
+# The host runtime has x86 kernels only: give the runner x86 .nb files (opt --valid_targets=x86).
+#
+# lite.so needs the Python C API's symbols (its pybind11 module references them, e.g. PyExc_TypeError as
+# data, which must resolve when the library is loaded) although the runner never calls Python: the runner
+# links the shared libpython of that interpreter. lite.so's SONAME is liblite_pybind.so and it finds its
+# own libraries (libiomp5, mklml) through RUNPATH $ORIGIN/libs, so lib/ holds symlinks of both names.
+# Exit codes: 2 usage, 3 missing tool or library.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+out="${1:-$here/../build/host}"
+
+die() { echo "host/build.sh: error: $2" >&2; exit "$1"; }
+
+[ -n "${PYTHON:-}" ] || die 2 "PYTHON is not set; point it at an interpreter that has the paddlelite wheel (CPython <= 3.10: pip install paddlelite==2.13rc0 \"numpy<2\")"
+cxx="${CXX:-g++}"
+command -v "$cxx" >/dev/null 2>&1 || die 3 "$cxx not found (set CXX to a C++14 compiler)"
+
+# One interpreter call: the wheel's package directory, then the interpreter's shared libpython.
+probe="$("$PYTHON" - <<'EOF' 2>&1
+import os, sysconfig
+import paddlelite
+print(os.path.dirname(os.path.abspath(paddlelite.__file__)))
+print(sysconfig.get_config_var("LIBDIR") or "")
+print(sysconfig.get_config_var("LDLIBRARY") or "")
+print(sysconfig.get_config_var("VERSION") or "")
+EOF
+)" || die 3 "$PYTHON cannot import paddlelite: $(echo "$probe" | tail -n 1)"
+pkg="$(sed -n 1p <<<"$probe")"
+libdir="$(sed -n 2p <<<"$probe")"
+ldlibrary="$(sed -n 3p <<<"$probe")"
+pyversion="$(sed -n 4p <<<"$probe")"
+[ -f "$pkg/lite.so" ] || die 3 "$pkg has no lite.so (is paddlelite a Linux x86-64 wheel?)"
+case "$ldlibrary" in
+  *.so*) [ -f "$libdir/$ldlibrary" ] || die 3 "$libdir/$ldlibrary not found" ;;
+  *) die 3 "$PYTHON has no shared libpython ($ldlibrary); use an interpreter built with --enable-shared" ;;
+esac
+
+mkdir -p "$out/lib"
+ln -sfn "$pkg/lite.so" "$out/lib/liblite_pybind.so"
+[ -d "$pkg/libs" ] && ln -sfn "$pkg/libs" "$out/lib/libs"
+lib="$(cd "$out/lib" && pwd)"
+
+flags=(-std=c++14 -O2 -Wall -Wextra -Werror -I "$here/include" -I "$here/..")
+link=(-L"$lib" -llite_pybind -Wl,-rpath,"$lib" -L"$libdir" -l"python$pyversion" -Wl,-rpath,"$libdir"
+      -Wl,--no-undefined -ldl)
+# Two compilers at once: the runner and the checker are independent.
+"$cxx" "${flags[@]}" "$here/../bisect_lite_runner.cc" -o "$out/bisect_lite_runner.tmp" "${link[@]}" &
+runner_pid=$!
+"$cxx" "${flags[@]}" "$here/abi_check.cc" -o "$out/abi_check.tmp" "${link[@]}" || { wait "$runner_pid" || true; exit 1; }
+wait "$runner_pid"
+mv -f "$out/bisect_lite_runner.tmp" "$out/bisect_lite_runner"
+mv -f "$out/abi_check.tmp" "$out/abi_check"
+echo "built $out/bisect_lite_runner and $out/abi_check against $pkg/lite.so"
