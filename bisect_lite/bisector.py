@@ -38,6 +38,7 @@ from bisect_lite.phases.isolate import isolate_culprit
 from bisect_lite.phases.minimise import minimise_shapes
 from bisect_lite.phases.reference import compute_reference
 from bisect_lite.phases.search import placement_search, search_segment, segment_outcome, target_groups
+from bisect_lite.precision import EMULATION_SPEC, PrecisionRule, depth_curve, explain_within, resolve_rule
 from bisect_lite.reference import ReferenceValues
 from bisect_lite.search import Status, expected_probes
 
@@ -64,6 +65,11 @@ class RunOptions:
     force: bool = False  # replace the output of an earlier run in `out`
     # "bisect": cut the graph; "placement": keep it whole and move OpenCL ops back to the CPU (Paddle-Lite only)
     strategy: str = "bisect"
+    # The precision model (bisect_lite.precision) judges half-precision targets unless tolerances were given.
+    explicit_tolerance: bool = False  # --atol/--rtol given: the tolerance rule judges every tensor
+    target_precision: str | None = None  # --target-precision fp16|fp32 (None: what the engine states)
+    precision_factor: float | None = None  # --precision-factor K (None: precision.DEFAULT_FACTOR)
+    accumulation: str | None = None  # --accumulation fp32|half (None: fp32)
 
 
 # ---- the job ----------------------------------------------------------------------------------------------------
@@ -79,7 +85,7 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     if options.compare is None:
         from bisect_lite.engines.registry import default_tolerance
 
-        options.compare = CompareConfig(default=default_tolerance(options.target))
+        options.compare = CompareConfig(default=default_tolerance(options.target, options.target_precision))
     model = load_model(model_path, options.params)
     out = Path(options.out)
     claim = prepare_out_dir(out, model, options.resume, options.force)
@@ -117,8 +123,15 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     ref = EngineRunner(options.ref, cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch)
     target = EngineRunner(options.target, cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch)
     values = ReferenceValues(out / "reference", inputs)
+    rule = precision_rule(options, target.engine.declared_precision)
+    emulation = (
+        EngineRunner(EMULATION_SPEC, cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch)
+        if rule is not None
+        else None
+    )
     try:
         ctx = RunContext(model, options, ref, target, inputs, journal, values, emit)
+        ctx.precision, ctx.emulation = rule, emulation
         report, found = _run(ctx)
         report["seconds"] = round(time.perf_counter() - t_start, 3)
         report["engine_seconds"] = round(ref.engine_seconds + target.engine_seconds, 3)
@@ -131,6 +144,8 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     finally:
         ref.close()
         target.close()
+        if emulation is not None:
+            emulation.close()
         cache.close()
         values.close()
         _remove_tree(scratch)
@@ -154,12 +169,13 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
         "op_types": [op.type for op in model.ops],
         "culprits": [],
         "notes": ctx.notes,
+        "precision": precision_section(ctx),
     }
     found: list[tuple[dict[str, Any], dict[str, Any]]] = []
     compute_reference(ctx, report)
     whole, nondet = confirm_failure(ctx, report)
     if whole.status == Status.PASS:
-        report["verdict"] = "match"
+        report["verdict"] = within_precision(ctx, report)
         report["probes"] = []
         report["search_probes"] = 0
         return report, found
@@ -206,6 +222,49 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
     report["probes"] = [p.to_dict() for p in ctx.probes]
     report["search_probes"] = sum(1 for p in ctx.probes if p.segment in (0, -1))  # -1: placement probes
     return report, found
+
+
+def precision_rule(options: RunOptions, declared: str) -> PrecisionRule | None:
+    """The precision model for this target, or None when tolerances judge (fp32 target, explicit --atol/--rtol)."""
+    if options.explicit_tolerance:
+        return None
+    try:
+        return resolve_rule(declared, options.target_precision, options.precision_factor, options.accumulation)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def precision_section(ctx: RunContext) -> dict[str, Any]:
+    """report.json `precision`: which judgement was used and what it assumes."""
+    rule = ctx.precision
+    if rule is None:
+        why = "explicit --atol/--rtol" if ctx.options.explicit_tolerance else "the target computes in fp32"
+        return {"model": "tolerance", "why": why}
+    if rule.declared_by == "undeclared":
+        ctx.notes.append(
+            f"the target {ctx.target.spec} does not state its precision: treated as half precision (fp16); "
+            "pass --target-precision fp32 if it computes in fp32"
+        )
+    return {"model": "precision", **rule.to_dict()}
+
+
+def within_precision(ctx: RunContext, report: dict[str, Any]) -> str:
+    """The verdict of a run with no tensor beyond its judgement: `precision` (with the explanation) when the
+    precision model judged a difference, else `match`."""
+    cmp = report["full_model"].get("comparison")
+    if ctx.precision is None or cmp is None:
+        return "match"
+    from bisect_lite.compare import Comparison
+
+    comparison = Comparison.from_dict(cmp)
+    if all((m.max_abs or 0.0) == 0.0 for m in comparison.tensors):
+        return "match"
+    checked = report["precision"].get("tensors_checked", len(comparison.tensors))
+    report["precision"].update(
+        explain_within(ctx.model, ctx.precision, comparison, ctx.expectations, ctx.target.spec, checked)
+    )
+    report["precision"]["depth"] = depth_curve(ctx.model, ctx.expectations)
+    return "precision"
 
 
 def _remove_tree(path: Path) -> None:

@@ -215,6 +215,30 @@ AllowInfOpt = Annotated[bool, typer.Option("--allow-inf", help="Matching infs of
 StatOpt = Annotated[str, typer.Option("--check-error-stat", help="elementwise | max | mean | median.")]
 AbsAtolOpt = Annotated[bool, typer.Option("--absolute-atol", help="Do not scale atol by a tensor's RMS when > 1.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds one engine run may take.")]
+TargetPrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target-precision",
+        help="fp16 | fp32: the precision the target computes in (default: what the engine states; cmd: engines "
+        "state none and are judged as fp16, which the report says).",
+    ),
+]
+PrecisionFactorOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--precision-factor",
+        help="K of the precision model for half-precision targets: a tensor is beyond precision when its error "
+        "exceeds K x the fp16 emulation's error (floored). Default 6 (real GPUs measured at <= 4x the emulation).",
+    ),
+]
+AccumulationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--accumulation",
+        help="fp32 | half: how the half-precision target accumulates inside kernels (default fp32; half: many "
+        "mobile OpenCL kernels, judged with a wider, reduction-length-aware bound).",
+    ),
+]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached results or conversions.")]
 
 
@@ -226,12 +250,13 @@ def _compare_config(
     allow_inf: bool,
     stat: str,
     absolute_atol: bool = False,
+    target_precision: str | None = None,
 ):
     """Tolerances from the command line; what is not given follows the target's precision (fp16 or fp32)."""
     from bisect_lite.compare import CompareConfig, Tolerance, parse_tolerance_override
     from bisect_lite.engines.registry import default_tolerance
 
-    base = default_tolerance(target)
+    base = default_tolerance(target, target_precision)
     try:
         default = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
         overrides = dict(parse_tolerance_override(t, default) for t in tol)
@@ -402,13 +427,19 @@ def run(
     allow_inf: AllowInfOpt = False,
     check_error_stat: StatOpt = "elementwise",
     absolute_atol: AbsAtolOpt = False,
+    target_precision: TargetPrecisionOpt = None,
+    precision_factor: PrecisionFactorOpt = None,
+    accumulation: AccumulationOpt = None,
     timeout: TimeoutOpt = 120.0,
     no_cache: NoCacheOpt = False,
     params: ParamsOpt = None,
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> None:
-    """Bisect to the first op whose output diverges, confirm it alone, and write a standalone repro."""
+    """Bisect to the first op whose output diverges, confirm it alone, and write a standalone repro.
+
+    Exit 0: no mismatch (verdict match, or precision: every difference is within the half-precision model);
+    1: mismatch or crash found; 2: bad input; 3: engine unavailable; 4: internal error."""
     from bisect_lite.bisector import RunOptions, run_bisect
     from bisect_lite.engines.registry import resolve_engines
 
@@ -417,7 +448,15 @@ def run(
         ref, target = _check_resume(model, params, out_dir, ref, target, inputs, shape, seed, int_range)
     seed = check_seed(seed)
     ref_spec, target_spec = resolve_engines(ref, target)
-    config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
+    if target_precision not in (None, "fp16", "fp32"):
+        raise InputError(f"--target-precision {target_precision!r}: expected fp16 or fp32")
+    if accumulation not in (None, "fp32", "half"):
+        raise InputError(f"--accumulation {accumulation!r}: expected fp32 or half")
+    if precision_factor is not None and not precision_factor > 1:
+        raise InputError(f"--precision-factor {precision_factor:g}: expected a number above 1")
+    config = _compare_config(
+        target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol, target_precision
+    )
     if strategy not in ("bisect", "placement"):
         raise InputError(f"--strategy {strategy!r}: expected bisect or placement")
     options = RunOptions(
@@ -439,6 +478,10 @@ def run(
         params=params,
         force=force,
         strategy=strategy,
+        explicit_tolerance=atol is not None or rtol is not None,
+        target_precision=target_precision,
+        precision_factor=precision_factor,
+        accumulation=accumulation,
     )
     from bisect_lite.progress import RunProgress
 
@@ -453,7 +496,7 @@ def run(
         _print_json(report)
     else:
         _print_run_summary(report, out_dir)
-    raise typer.Exit(0 if report["verdict"] == "match" else 1)
+    raise typer.Exit(0 if report["verdict"] in ("match", "precision") else 1)
 
 
 def _check_resume(
@@ -541,6 +584,15 @@ def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
             f"MATCH: {report['target']['engine']} agrees with {report['reference']['engine']} on every "
             f"output ({runs}). Report: {out_dir / 'report.md'}"
         )
+        return
+    if verdict == "precision":
+        prec = report.get("precision", {})
+        out.print(f"PRECISION: {report['target']['engine']} vs {report['reference']['engine']} ({runs})")
+        out.print(f"  {prec.get('summary', '')}")
+        out.print(f"  confirm: {prec.get('confirm', '')}")
+        for note in report.get("notes", []):
+            out.print(f"note: {note}")
+        out.print(f"report: {out_dir / 'report.md'}")
         return
     out.print(f"{verdict.upper()}: {report['target']['engine']} vs {report['reference']['engine']} ({runs})")
     for c in report["culprits"]:

@@ -427,10 +427,49 @@ def judged_names(cmp: Comparison | None) -> Sequence[str]:
 
 @dataclass
 class DeepCheck:
-    """Every tensor the reference dump holds, judged on the target (the output alone can hide a fault)."""
+    """Every tensor of the reference dump judged on one target run per dump batch: a fault whose effect a saturating
+    softmax/sigmoid or a normalisation hides at the output still shows inside (notes: 43 % of planted faults were
+    visible at the final output, 100 % at the faulted tensor)."""
 
     failing: list[str] = field(default_factory=list)
     checked: int = 0
     runs: int = 0
-    comparison: Comparison | None = None
+    blame: int | None = None  # earliest producer of a tensor beyond precision
+    comparison: Comparison | None = None  # the failing batch's, or the last one's
     crashed: str = ""
+
+
+def deep_check(
+    model: Model,
+    values: Any,  # ReferenceValues (complete)
+    target: Any,  # EngineRunner
+    judge: Callable[..., tuple[Any, Comparison | None]],
+    skip: Iterable[str] = (),
+) -> DeepCheck:
+    """Run the target on the model cut to every dumped tensor (the reference's own batches) and judge them all;
+    stop at the first batch holding a tensor beyond precision. `skip`: tensors the target never materialises
+    (internal to its fused groups: fetching them would undo the fusion)."""
+    skipped = set(skip) | set(model.fetches)  # the outputs were judged already
+    batches: dict[str, list[str]] = {}
+    for name, file in values.index.items():
+        if name not in skipped:
+            batches.setdefault(file, []).append(name)
+    check = DeepCheck()
+    producers = model.producers
+    for names in batches.values():
+        cut = truncate(model, names)
+        result = target.run(cut, {f: values[f] for f in cut.feeds})
+        check.runs += 1
+        if not result.ok:  # the whole model ran; a crash of a cut is not a numeric finding, leave it to the search
+            check.crashed = f"{result.status}: {result.message}"[:300]
+            continue
+        _, cmp = judge(result, values.get_many(names), names)
+        check.checked += len(names)
+        check.comparison = cmp
+        if cmp is not None and not cmp.passed:
+            check.failing = cmp.failing
+            check.blame = min(producers.get(n, len(model.ops)) for n in cmp.failing)
+            break
+    return check
+
+

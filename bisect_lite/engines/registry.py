@@ -82,6 +82,8 @@ def resolve_engines(ref: str | None, target: str | None) -> tuple[str, str]:
     )
 
 
-def default_tolerance(target: str) -> Tolerance:
-    """fp16-suited tolerances for half-precision (or unknown) targets, tight ones for fp32 targets."""
-    return FP16_TOLERANCE if create_engine(target).half_precision else FP32_TOLERANCE
+def default_tolerance(target: str, declared: str | None = None) -> Tolerance:
+    """fp16-suited tolerances for half-precision (or unknown) targets, tight ones for fp32 targets.
+    `declared`: the precision the user declared (--target-precision), which wins over the engine's."""
+    precision = declared or create_engine(target).declared_precision
+    return FP32_TOLERANCE if precision == "fp32" else FP16_TOLERANCE

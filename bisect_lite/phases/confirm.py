@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from bisect_lite.phases.context import RunContext
-from bisect_lite.search import ProbeOutcome
+from bisect_lite.search import ProbeOutcome, Status
 
 
 def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutcome, bool]:
@@ -25,6 +25,8 @@ def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutco
         "status": first.status,
         "message": first.message,
     }
+    if whole.status == Status.PASS and ctx.precision is not None:
+        whole = check_every_tensor(ctx, report)
     nondet = first.ok and second.ok and any(not same_values(first.outputs[k], second.outputs[k]) for k in model.fetches)
     report["target_nondeterministic"] = bool(nondet)
     if nondet:
@@ -33,6 +35,40 @@ def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutco
             "kernel or memory reuse); the search uses the first run"
         )
     return whole, bool(nondet)
+
+
+def check_every_tensor(ctx: RunContext, report: dict[str, Any]) -> ProbeOutcome:
+    """The outputs are within precision: judge every dumped tensor too (a saturating softmax or a normalisation
+    can hide a kernel fault at the output). FAIL blames the earliest tensor beyond precision."""
+    from bisect_lite.errors import InputError
+    from bisect_lite.model.fusion import fusion_groups
+    from bisect_lite.precision import deep_check
+
+    hidden: list[str] = []
+    try:
+        optimized = ctx.target.optimized_program(ctx.model)
+        if optimized is not None:  # tensors fused away never exist on the target: fetching them undoes fusion
+            hidden = [t for g in fusion_groups(ctx.model, optimized) for t in g.internal]
+    except (RuntimeError, InputError):
+        pass
+    ctx.events("phase", {"name": "target", "detail": "outputs within precision: judging every tensor"})
+    with ctx.phase("confirm"):
+        deep = deep_check(ctx.model, ctx.values, ctx.target, ctx.judge, skip=hidden)
+    report["full_model"]["every_tensor"] = {
+        "checked": deep.checked,
+        "runs": deep.runs,
+        "beyond_precision": deep.failing,
+        "crashed": deep.crashed or None,
+        "comparison": deep.comparison.to_dict() if deep.comparison and deep.failing else None,
+    }
+    report["precision"]["tensors_checked"] = deep.checked + len(ctx.model.fetches)
+    if deep.blame is None:
+        return ProbeOutcome(Status.PASS)
+    ctx.notes.append(
+        f"the outputs are within the precision model but {len(deep.failing)} inner tensors are beyond it "
+        f"(first: {deep.failing[0]}, made by op {deep.blame}); the search starts there"
+    )
+    return ProbeOutcome(Status.FAIL, blame=deep.blame)
 
 
 def same_values(a: np.ndarray, b: np.ndarray) -> bool:

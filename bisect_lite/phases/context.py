@@ -15,6 +15,7 @@ from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.journal import Journal
 from bisect_lite.model import Model, extract, truncate
 from bisect_lite.model.fusion import FusedGroup
+from bisect_lite.precision import ExpectedError, PrecisionRule, isolated_expectations
 from bisect_lite.reference import ReferenceValues
 from bisect_lite.search import ProbeOutcome, Status
 
@@ -93,6 +94,11 @@ class RunContext:
     groups: list[FusedGroup] | None = None  # the target's fused groups, when it can tell
     notes: list[str] = field(default_factory=list)
     segments: dict[int, Model] = field(default_factory=dict)  # ops start.. of the model, fed with reference values
+    # Half-precision targets: the precision model (None: tolerances judge), the expected error of every tensor of
+    # the whole model (computed with the reference), and the fp16 emulation that measures it on cut models.
+    precision: PrecisionRule | None = None
+    expectations: dict[str, ExpectedError] = field(default_factory=dict)
+    emulation: EngineRunner | None = None
 
     def segment_model(self, start: int, targets: list[str]) -> Model:
         """The model computing `targets` from op `start` on; tensors made before `start` are fed (reference)."""
@@ -103,18 +109,38 @@ class RunContext:
         return truncate(self.segments[start], targets)
 
     def judge(
-        self, result: RunResult, expected: dict[str, np.ndarray], names: list[str]
+        self,
+        result: RunResult,
+        expected: dict[str, np.ndarray],
+        names: list[str],
+        model: Model | None = None,
+        feeds: dict[str, np.ndarray] | None = None,
     ) -> tuple[ProbeOutcome, Comparison | None]:
         """The one judgement of a target result, used by every phase. FAIL blames the earliest producer of a
-        failing tensor (an op index of the whole model)."""
+        failing tensor (an op index of the whole model). `model`/`feeds`: what the target ran, when it was not fed
+        the model's inputs (the precision model then measures the emulation's error on that run)."""
         if not result.ok:
             return ProbeOutcome(Status.CRASH, detail=result.message), None
+        assert self.options.compare is not None
         cmp = compare_outputs(expected, result.outputs, self.options.compare, names=names)
+        if self.precision is not None:
+            cmp = self.precision.judge_comparison(
+                cmp, self.expected_errors(expected, model, feeds), keep=self.options.compare.overrides
+            )
         if cmp.passed:
             return ProbeOutcome(Status.PASS), cmp
         producers = self.model.producers
         blame = min((producers.get(n, len(self.model.ops)) for n in cmp.failing), default=None)
         return ProbeOutcome(Status.FAIL, blame=blame), cmp
+
+    def expected_errors(
+        self, expected: dict[str, np.ndarray], model: Model | None, feeds: dict[str, np.ndarray] | None
+    ) -> dict[str, ExpectedError]:
+        """The precision model's expectation for a run: the whole-model dump when the run was fed the model's
+        inputs, else the emulation's own error on the same cut model and feeds (isolation, later segments)."""
+        if model is None or feeds is None or set(model.feeds) <= set(self.model.feeds) or self.emulation is None:
+            return self.expectations
+        return isolated_expectations(self.model, model, feeds, expected, self.emulation)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

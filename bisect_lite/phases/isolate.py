@@ -29,7 +29,7 @@ def isolate(
     if not ref.ok:
         return None
     tgt = ctx.target.run(sub, feeds)
-    outcome, cmp = ctx.judge(tgt, ref.outputs, list(sub.fetches))
+    outcome, cmp = ctx.judge(tgt, ref.outputs, list(sub.fetches), sub, feeds)
     return {
         "model": sub,
         "inputs": feeds,

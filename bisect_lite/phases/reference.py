@@ -19,6 +19,21 @@ def compute_reference(ctx: RunContext, report: dict[str, Any]) -> None:
         )
     else:
         values.load_flags()
+    if ctx.precision is not None and ctx.emulation is not None:
+        from bisect_lite.precision import Expectations
+
+        expectations = Expectations(values.directory)
+        if not expectations.complete:
+            ctx.events("phase", {"name": "precision", "detail": f"{ctx.emulation.spec} on every tensor"})
+            expectations.compute(
+                ctx.model,
+                values,
+                ctx.emulation,
+                on_batch=lambda i, total: ctx.events("batch", {"done": i, "total": total}),
+            )
+        ctx.expectations = expectations.errors
+        report["precision"]["expectation_seconds"] = round(expectations.seconds, 3)
+        report["precision"]["tensors_with_expectation"] = len(expectations.errors)
     report["reference_nondeterministic"] = bool(values.nondeterministic)
     if values.unobservable:
         ctx.notes.append(

@@ -29,8 +29,9 @@ def probe(ctx: RunContext, start: int, cut: int) -> Probe:
         return Probe(start, cut, [], ProbeOutcome(Status.SKIP, detail="nothing to fetch"), None, 0.0)
     sub = ctx.segment_model(start, targets)
     t0 = time.perf_counter()
-    result = ctx.target.run(sub, ctx.values.get_many(sub.feeds))
-    outcome, cmp = ctx.judge(result, ctx.values.get_many(targets), targets)
+    feeds = ctx.values.get_many(sub.feeds)
+    result = ctx.target.run(sub, feeds)
+    outcome, cmp = ctx.judge(result, ctx.values.get_many(targets), targets, sub, feeds)
     return ctx.record(Probe(start, cut, targets, outcome, cmp, time.perf_counter() - t0, result.message))
 
 
