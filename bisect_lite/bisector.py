@@ -16,6 +16,7 @@ With --all the search continues past each culprit on segments fed with reference
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from bisect_lite.phases.minimise import minimise_shapes
 from bisect_lite.phases.reference import compute_reference
 from bisect_lite.phases.search import placement_search, search_segment, segment_outcome, target_groups
 from bisect_lite.precision import EMULATION_SPEC, PrecisionRule, depth_curve, explain_within, resolve_rule
+from bisect_lite.preflight import check_comparable, check_spec_fits_model
 from bisect_lite.reference import ReferenceValues
 from bisect_lite.search import Status, expected_probes
 
@@ -87,6 +89,9 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
 
         options.compare = CompareConfig(default=default_tolerance(options.target, options.target_precision))
     model = load_model(model_path, options.params)
+    check_comparable(model)
+    for spec in (options.ref, options.target):
+        check_spec_fits_model(spec, model)
     out = Path(options.out)
     claim = prepare_out_dir(out, model, options.resume, options.force)
     journal = Journal(out / "journal.jsonl")
@@ -183,6 +188,7 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
 
     ctx.groups = target_groups(ctx)
     start, outcome = 0, whole
+    located_total = 0  # culprits located, duplicates of an earlier root cause included
     while True:
         with ctx.phase("search" if start == 0 else "all"):
             located = (
@@ -197,21 +203,36 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
             confirmed = isolate_culprit(ctx, located["ops"], hunted, start)
         if len(confirmed.get("ops", [])) == 1 and confirmed["ops"][0] != culprit:
             located["index"] = culprit = confirmed["ops"][0]  # delta debugging pinned another op
-        if options.minimise and confirmed["kind"] in ("op", "group", "subgraph"):
-            ctx.events("phase", {"name": "minimise", "detail": "shrinking input shapes"})
-            with ctx.phase("minimise"):
-                confirmed = minimise_shapes(ctx, confirmed, hunted)
+        located_total += 1
+        # The diagnosis reads the full-size evidence; shrunk inputs only make the bundle small.
         entry = culprit_entry(ctx, located, confirmed, nondet)
-        report["culprits"].append(entry)
-        if confirmed["kind"] != "context":
-            found.append((confirmed, entry))
+        twin = same_root_cause(report["culprits"], entry)
+        if twin is not None:
+            twin.setdefault("duplicates", []).append({"index": entry["index"], "ops": entry["ops"]})
+            ctx.notes.append(
+                f"op {entry['index']} {entry['type']} (ops {entry['ops']}): same root cause as culprit op "
+                f"{twin['index']} ({_repro_name(found, twin)}): same op type, attributes and failure; no separate repro"
+            )
+        else:
+            repro = confirmed
+            if options.minimise and confirmed["kind"] in ("op", "group", "subgraph"):
+                ctx.events("phase", {"name": "minimise", "detail": "shrinking input shapes"})
+                with ctx.phase("minimise"):
+                    repro = minimise_shapes(ctx, confirmed, hunted)
+                entry = culprit_entry(ctx, located, confirmed, nondet, repro=repro)
+            report["culprits"].append(entry)
+            if confirmed["kind"] != "context":
+                found.append((repro, entry))
         last = max(located["ops"])
-        if (
-            options.strategy != "bisect"
-            or not options.find_all
-            or len(report["culprits"]) >= options.max_culprits
-            or last >= n - 1
-        ):
+        if options.strategy != "bisect" or not options.find_all or last >= n - 1:
+            break
+        if len(report["culprits"]) >= options.max_culprits or located_total >= 4 * options.max_culprits:
+            report["stopped_at_limit"] = True
+            ctx.notes.append(
+                f"--all stopped at --max-culprits {options.max_culprits} ({len(report['culprits'])} distinct "
+                f"culprits, {located_total - len(report['culprits'])} duplicates): ops {last + 1}..{n - 1} were "
+                "not searched; raise --max-culprits to go on"
+            )
             break
         start = last + 1
         ctx.events("phase", {"name": "continue", "detail": f"ops {start}..{n - 1} fed with reference values"})
@@ -265,6 +286,27 @@ def within_precision(ctx: RunContext, report: dict[str, Any]) -> str:
     )
     report["precision"]["depth"] = depth_curve(ctx.model, ctx.expectations)
     return "precision"
+
+
+def same_root_cause(culprits: list[dict[str, Any]], entry: dict[str, Any]) -> dict[str, Any] | None:
+    """An earlier culprit with the same op type, attributes and failure signature (status and diagnosis kind)."""
+    from bisect_lite.report.markdown import visible_attrs
+
+    def signature(c: dict[str, Any]) -> tuple[Any, ...]:
+        attrs = json.dumps(visible_attrs(c.get("attrs") or {}), sort_keys=True, default=str)
+        kinds = (c.get("kind"), len(c.get("ops") or []), c.get("status"), (c.get("diagnosis") or {}).get("kind"))
+        return (c.get("type"), attrs, *kinds)
+
+    mine = signature(entry)
+    return next((c for c in culprits if signature(c) == mine and c.get("kind") != "context"), None)
+
+
+def _repro_name(found: list[tuple[dict[str, Any], dict[str, Any]]], culprit: dict[str, Any]) -> str:
+    """The repro directory the culprit will get (write_outputs names them in this order)."""
+    for i, (_, entry) in enumerate(found):
+        if entry is culprit:
+            return "repro" if i == 0 else f"repro-{i + 1}"
+    return "no repro"
 
 
 def _remove_tree(path: Path) -> None:

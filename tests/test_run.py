@@ -75,18 +75,20 @@ def test_wrong_op_on_a_branch(faulty, tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["culprits"][0]["repro"] == "repro" and saved["target_runs"] >= search_probes(report)
     # The repro fails on the faulty engine and passes on a clean one (a fixed build).
-    assert [r.status for r in verify_repros([repro])] == ["failing"]
+    # A recorded cmd: engine runs only when the user names it.
+    assert [r.status for r in verify_repros([repro], target=target)] == ["failing"]
     code, _, _ = run_cli(
         ["verify", str(tmp_path / "out"), "--target", "paddle", "--junit", str(tmp_path / "j.xml")], capsys
     )
     assert code == 0
     assert 'failures="0"' in (tmp_path / "j.xml").read_text()
-    code, out, _ = run_cli(["verify", str(repro)], capsys)
+    code, out, _ = run_cli(["verify", str(repro), "--target", target], capsys)
     assert code == 1, out
 
 
 def test_crash_is_bisected_as_a_crash(faulty, tmp_path):
-    report = bisect("unet", faulty({"kind": "crash", "tensor": "concat_0.tmp_0"}), tmp_path, minimise=False)
+    target = faulty({"kind": "crash", "tensor": "concat_0.tmp_0"})
+    report = bisect("unet", target, tmp_path, minimise=False)
     assert report["verdict"] == "crash"
     [culprit] = report["culprits"]
     assert (culprit["index"], culprit["type"]) == (23, "concat")
@@ -94,7 +96,7 @@ def test_crash_is_bisected_as_a_crash(faulty, tmp_path):
     assert "SIGABRT" in json.dumps(report["probes"]) or "SIGABRT" in culprit["diagnosis"]["summary"]
     repro = tmp_path / "out" / "repro"
     assert json.loads((repro / "repro.json").read_text())["status"] == "crash"
-    assert [r.status for r in verify_repros([repro])] == ["crash"]
+    assert [r.status for r in verify_repros([repro], target=target)] == ["crash"]
     assert [r.status for r in verify_repros([repro], target="paddle")] == ["fixed"]
 
 
@@ -129,7 +131,7 @@ def test_two_independent_faults_with_all(faulty, tmp_path):
     report = bisect("transformer", target, tmp_path, find_all=True, minimise=False)
     assert [c["index"] for c in report["culprits"]] == [15, 25]
     assert [c["repro"] for c in report["culprits"]] == ["repro", "repro-2"]
-    assert {r.status for r in verify_repros([tmp_path / "out"])} == {"failing"}
+    assert {r.status for r in verify_repros([tmp_path / "out"], target=target)} == {"failing"}
     without_all = bisect("transformer", target, tmp_path / "b", minimise=False)
     assert [c["index"] for c in without_all["culprits"]] == [15]
 

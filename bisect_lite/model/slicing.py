@@ -182,15 +182,32 @@ def _io_var(vd, name: str, kind: int) -> None:
 
 
 def with_feed_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> Model:
-    """A copy whose feed vars record new shapes (for shrunk repro inputs); intermediate shapes are re-inferred
-    by the engines at run time."""
+    """A copy whose feed vars record new shapes (for shrunk repro inputs).
+
+    Every other computed tensor's recorded dims described the old feed shapes: they become -1 (unknown, re-inferred
+    by the engines at run time; a 0, XShape's marker, stays) rather than stay stale; `with_var_shapes` records the
+    ones known afterwards.
+    """
+    for name in shapes:
+        if name not in model.feeds:
+            raise InputError(f"{name!r} is not a model input")
+    computed = {n for op in model.ops for n in op.writes if not model.is_param(n)} - set(shapes)
+    unknown = {
+        n: tuple(0 if d == 0 else -1 for d in shape)
+        for n in computed
+        if n in model.vars and (shape := model.vars[n].shape)
+    }
+    return with_var_shapes(model, {**unknown, **shapes})
+
+
+def with_var_shapes(model: Model, shapes: dict[str, tuple[int, ...]]) -> Model:
+    """A copy whose dense-tensor vars `shapes` names record those dims (e.g. the real shapes of a repro's inputs
+    and outputs); parameters keep theirs."""
     program = framework_pb2().ProgramDesc()
     program.CopyFrom(model.program)
     for v in program.blocks[0].vars:
-        if v.name in shapes:
-            if v.name not in model.feeds:
-                raise InputError(f"{v.name!r} is not a model input")
+        if v.name in shapes and not v.persistable and v.type.HasField("dense_tensor"):
             dims = v.type.dense_tensor.tensor.dims
             del dims[:]
-            dims.extend(shapes[v.name])
+            dims.extend(int(d) for d in shapes[v.name])
     return Model(program, model.params, source=None)

@@ -10,11 +10,22 @@ from bisect_lite.compare import CompareConfig, Comparison
 from bisect_lite.phases.context import RunContext, worst_error
 
 
-def culprit_entry(ctx: RunContext, found: dict[str, Any], confirmed: dict[str, Any], nondet: bool) -> dict[str, Any]:
+def culprit_entry(
+    ctx: RunContext,
+    found: dict[str, Any],
+    confirmed: dict[str, Any],
+    nondet: bool,
+    repro: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report's description of a culprit. `confirmed`: the isolated failing ops at full size (the diagnosis
+    and the isolated metrics read it); `repro`: what the bundle holds (shrunk inputs; default `confirmed`), whose
+    ops, kind and notes the entry describes -- after delta debugging they may differ from where the search
+    pointed."""
     from bisect_lite.report.diagnose import diagnose
 
+    repro = repro or confirmed
     model = ctx.model
-    op = model.ops[found["index"]]
+    op = model.ops[described_op(ctx, found["index"], repro)]
     cmp: Comparison | None = confirmed.get("comparison")
     worst = cmp.worst() if cmp else None
     ref_arr = tgt_arr = None
@@ -33,14 +44,21 @@ def culprit_entry(ctx: RunContext, found: dict[str, Any], confirmed: dict[str, A
         status=status,
         metrics=worst,
         depth_errors=depth,
-        culprit_index=found["index"],
+        culprit_index=op.index,
         isolated_rel_l2=worst.rel_l2 if worst else None,
         nondeterministic=nondet,
         message=confirmed.get("message") or last_message(ctx),
     )
-    notes = list(confirmed.get("tried", []))
-    if found.get("group"):
+    ops = list(repro.get("ops") or [op.index])
+    notes = list(repro.get("tried", []))
+    if found.get("group") and sorted(found["ops"]) == sorted(ops):
         notes.insert(0, f"the culprit lies inside a group the target fuses, {found['group']}: blamed the group")
+    if op.index != found["index"]:
+        notes.insert(
+            0,
+            f"the search pointed at op {found['index']} ({model.ops[found['index']].type}); the repro holds ops "
+            f"{ops}, and op {op.index} ({op.type}) makes its failing output",
+        )
     if found.get("fusion_note"):
         notes.append(found["fusion_note"])
     if found.get("flaky"):
@@ -53,8 +71,9 @@ def culprit_entry(ctx: RunContext, found: dict[str, Any], confirmed: dict[str, A
         "inputs": op.inputs,
         "outputs": op.outputs,
         "attrs": json_safe(model.op_attrs(op.index)),
-        "kind": confirmed["kind"],
-        "ops": confirmed.get("ops", [op.index]),
+        "kind": repro["kind"],
+        "ops": ops,
+        "ddmin": repro.get("ddmin"),
         "diagnosis": diag.to_dict(),
         "repro": None,
         "isolated": cmp.to_dict() if cmp else None,
@@ -62,6 +81,20 @@ def culprit_entry(ctx: RunContext, found: dict[str, Any], confirmed: dict[str, A
         "status": found["status"],
         "ambiguous": found.get("ambiguous"),
     }
+
+
+def described_op(ctx: RunContext, pointed: int, repro: dict[str, Any]) -> int:
+    """The op an entry names: where the search pointed if the repro holds it, else the repro op that makes its
+    worst failing output, else its first op."""
+    ops = list(repro.get("ops") or [pointed])
+    if pointed in ops:
+        return pointed
+    cmp: Comparison | None = repro.get("comparison")
+    producers = ctx.model.producers
+    failing = [cmp.worst().name] if cmp and cmp.worst() else []
+    failing += list(cmp.failing) if cmp else []
+    made = [producers[t] for t in failing if producers.get(t) in ops]
+    return made[0] if made else ops[0]
 
 
 def write_outputs(ctx: RunContext, report: dict[str, Any], found: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from bisect_lite.phases.context import RunContext
+from bisect_lite.preflight import check_target_runs, nonfinite_warnings
 from bisect_lite.search import ProbeOutcome, Status
 
 
@@ -20,6 +21,11 @@ def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutco
         first = ctx.target.run(model, inputs)
         second = ctx.target.run(model, inputs, use_cache=False)
     whole, cmp = ctx.judge(first, expected, list(model.fetches))
+    if whole.status == Status.CRASH:
+        # Before hunting a crash: a target that cannot run even single ops of the model is a setup error.
+        with ctx.phase("confirm"):
+            check_target_runs(ctx.target, model, ctx.values.get_many, ctx.values.__contains__)
+    report.setdefault("warnings", []).extend(nonfinite_warnings(expected, inputs, model.params))
     report["full_model"] = {
         "comparison": cmp.to_dict() if cmp else None,
         "status": first.status,

@@ -12,6 +12,8 @@ from bisect_lite.model import Model, extract
 from bisect_lite.phases.context import STATUS_WORD, RunContext
 from bisect_lite.search import Status, ddmin, grow_window
 
+DDMIN_BUDGET = 40  # target runs delta debugging may spend on one culprit's window
+
 
 def isolate(
     ctx: RunContext,
@@ -75,8 +77,10 @@ def isolate_culprit(ctx: RunContext, culprit_ops: list[int], hunted: Status, sta
         return {"kind": "context", "tried": tried, "ops": list(range(start, n))}
     ops = tuple(range(start + window[0], start + window[1] + 1))
     tried.append(f"smallest failing window: ops {ops[0]}..{ops[-1]}")
-    minimal = ddmin(list(ops), lambda subset: (run_ops(tuple(subset)) or {}).get("fails"), max_calls=40)
+    minimal = ddmin(list(ops), lambda subset: (run_ops(tuple(subset)) or {}).get("fails"), max_calls=DDMIN_BUDGET)
     best = run_ops(tuple(minimal.items)) or run_ops(ops)
     assert best is not None
-    tried.append(f"delta debugging kept ops {list(minimal.items)} ({minimal.calls} runs)")
-    return {"kind": "op" if len(best["ops"]) == 1 else "subgraph", **best, "tried": tried}
+    finished = "finished" if minimal.one_minimal else f"stopped at its budget of {DDMIN_BUDGET} runs"
+    tried.append(f"delta debugging kept ops {list(minimal.items)} ({minimal.calls} runs, {finished})")
+    ddmin_info = {"one_minimal": minimal.one_minimal, "calls": minimal.calls, "budget": DDMIN_BUDGET}
+    return {"kind": "op" if len(best["ops"]) == 1 else "subgraph", **best, "tried": tried, "ddmin": ddmin_info}

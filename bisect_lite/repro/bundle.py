@@ -16,6 +16,7 @@ from bisect_lite.fsutil import atomic_dir
 from bisect_lite.inputs import save_npz
 from bisect_lite.model import Model, write_model_files
 from bisect_lite.model.describe import tensor_info
+from bisect_lite.model.slicing import with_var_shapes
 
 
 def export_onnx_note(model_dir: Path, out_file: Path) -> tuple[bool, str]:
@@ -78,8 +79,10 @@ def write_bundle(
     from bisect_lite.repro.issue import render_issue
 
     facts = repro_facts(found, entry, source, ref, target, tolerance)
+    # The repro program records the shapes its files really have (a model's -1 batch, a shrunk input).
+    shapes = {n: a.shape for n, a in found["inputs"].items()} | {n: a.shape for n, a in found["expected"].items()}
     with atomic_dir(directory) as tmp:
-        write_model_files(found["model"], tmp)
+        write_model_files(with_var_shapes(found["model"], shapes), tmp)
         save_npz(tmp / "inputs.npz", found["inputs"])
         save_npz(tmp / "expected.npz", found["expected"])
         files = ["model.pdmodel", "model.pdiparams", "inputs.npz", "expected.npz"]

@@ -16,7 +16,71 @@ class ShrinkResult:
     calls: int
 
 
+def tied_dims(shapes: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Groups of positions in the flattened dims of several tensors that must be cropped together.
+
+    Two dims of different tensors with the same size (> 1) may be the same axis seen by both (a broadcast
+    elementwise op, a matmul's contraction, a concat's other axes): cropping one and not the other makes the op
+    broadcast a size-1 remainder, or compute over a different axis, i.e. a different function. Tying every such
+    pair (transitively) can only forbid some shrinking, never change what the op computes. Size-1 dims are left
+    free: they already broadcast. Returns the groups with more than one position, in order.
+    """
+    offsets, flat = [], 0
+    for shape in shapes:
+        offsets.append(flat)
+        flat += len(shape)
+    parent = list(range(flat))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, shape_a in enumerate(shapes):
+        for b in range(a + 1, len(shapes)):
+            for i, da in enumerate(shape_a):
+                for j, db in enumerate(shapes[b]):
+                    if da == db and da > 1:
+                        parent[root(offsets[a] + i)] = root(offsets[b] + j)
+    groups: dict[int, list[int]] = {}
+    for i in range(flat):
+        groups.setdefault(root(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 def shrink_dims(
+    dims: Sequence[int],
+    fails: Callable[[tuple[int, ...]], bool | None],
+    *,
+    minimum: Sequence[int] | None = None,
+    max_calls: int = 40,
+    ties: Sequence[Sequence[int]] = (),
+) -> ShrinkResult:
+    """`shrink_dims_free` where the positions of each group in `ties` (equal dims) always keep one value."""
+    if not ties:
+        return shrink_dims_free(dims, fails, minimum=minimum, max_calls=max_calls)
+    lows = [1] * len(dims) if minimum is None else list(minimum)
+    owner = list(range(len(dims)))  # position -> the variable (first position of its group) it follows
+    for group in ties:
+        if len({dims[i] for i in group}) != 1:
+            raise ValueError(f"tied dims {list(group)} differ: {[dims[i] for i in group]}")
+        for i in group:
+            owner[i] = group[0]
+    variables = sorted(set(owner))
+    index = {v: k for k, v in enumerate(variables)}
+    var_lows = [max(lows[i] for i in range(len(dims)) if owner[i] == v) for v in variables]
+
+    def expand(values: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(values[index[owner[i]]] for i in range(len(dims)))
+
+    result = shrink_dims_free(
+        [dims[v] for v in variables], lambda values: fails(expand(values)), minimum=var_lows, max_calls=max_calls
+    )
+    return ShrinkResult(expand(result.dims), result.calls)
+
+
+def shrink_dims_free(
     dims: Sequence[int],
     fails: Callable[[tuple[int, ...]], bool | None],
     *,
