@@ -16,6 +16,7 @@ from bisect_lite.search import (
     grow_window,
     shrink_dims,
 )
+from bisect_lite.search.multicut import expected_runs, multicut_first_failure, spread, widest_fitting
 
 PASS = ProbeOutcome(Status.PASS)
 SKIP = ProbeOutcome(Status.SKIP)
@@ -366,3 +367,144 @@ def test_shrink_dims_interacting_dims_and_budget() -> None:
     assert res.calls == 2 and res.dims[1] >= 8
     with pytest.raises(ValueError):
         shrink_dims([4], lambda d: True, minimum=[5])
+
+
+# --- multi-cut (k-ary) search ---------------------------------------------------------------------------
+
+
+class Observer:
+    """One 'target run' observing several cuts: cut k fails iff it includes op f (blame names f if asked)."""
+
+    def __init__(self, f: int, *, blame: bool = False, plain: Callable[[int], ProbeOutcome] | None = None) -> None:
+        self.f, self.blame = f, blame
+        self.runs: list[list[int]] = []
+        self.plain_calls: list[int] = []
+        self.plain = plain
+
+    def outcome(self, k: int) -> ProbeOutcome:
+        return ProbeOutcome(Status.FAIL, self.f if self.blame else None) if k >= self.f else PASS
+
+    def observe(self, positions: list[int]) -> dict[int, ProbeOutcome]:
+        self.runs.append(list(positions))
+        return {p: self.outcome(p) for p in positions}
+
+    def confirm(self, k: int) -> ProbeOutcome:
+        self.plain_calls.append(k)
+        return self.plain(k) if self.plain else self.outcome(k)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 1000])
+@pytest.mark.parametrize("blame", [False, True])
+def test_multicut_finds_every_fault_within_its_run_bound(k: int, blame: bool) -> None:
+    for n in (1, 2, 3, 10, 64, 101):
+        for f in range(n):
+            obs = Observer(f, blame=blame)
+            res = multicut_first_failure(n, obs.observe, confirm=obs.confirm, max_cuts_per_run=k)
+            check_exact(res, f)
+            assert res.confirmed and not res.fallback
+            assert all(len(run) <= k for run in obs.runs)
+            # k-ary bound plus at most one plain confirmation; never worse than the binary bound
+            assert res.runs <= expected_runs(n, k) + 1, (n, f, k, obs.runs)
+            assert res.runs <= max(expected_probes(n), 1) or n <= 2
+            assert len(obs.plain_calls) <= 1 and set(obs.plain_calls) <= {f}
+            if k == 1:
+                assert not obs.plain_calls  # every run is a plain probe already
+
+
+def test_multicut_beats_binary_search_on_average() -> None:
+    n = 375  # PP-OCRv5 det
+    multi = binary = 0
+    for f in range(0, n, 7):
+        obs = Observer(f)
+        multi += multicut_first_failure(n, obs.observe, confirm=obs.confirm, max_cuts_per_run=15).runs
+        binary += bisect_first_failure(n, single_fault(f)).runs
+    assert multi * 2 < binary
+
+
+def test_multicut_one_run_observes_everything_then_one_confirmation() -> None:
+    obs = Observer(123)
+    res = multicut_first_failure(375, obs.observe, confirm=obs.confirm)
+    check_exact(res, 123)
+    assert obs.runs == [list(range(374))]
+    assert obs.plain_calls == [123] and res.runs == 2
+    assert [p for p, _ in res.probes][:374] == list(range(374))  # every cut's outcome is reported
+
+
+def test_multicut_respects_fits() -> None:
+    obs = Observer(50)
+    res = multicut_first_failure(200, obs.observe, confirm=obs.confirm, fits=lambda positions: len(positions) <= 4)
+    check_exact(res, 50)
+    assert max(len(r) for r in obs.runs) == 4
+    assert res.runs <= expected_runs(200, 4) + 1
+
+
+def test_multicut_with_cuts_blames_a_group() -> None:
+    cuts = [2, 5, 9, 14, 19]
+    obs = Observer(7)
+    res = multicut_first_failure(20, obs.observe, confirm=obs.confirm, cuts=cuts)
+    assert res.first_bad == 9 and res.last_good == 5 and res.culprit_range == (6, 9)
+    assert all(set(r) <= set(cuts) for r in obs.runs)
+
+
+def test_multicut_falls_back_when_the_plain_probe_disagrees() -> None:
+    # observation says cut 40 fails, but the plain truncated model passes there: fetching changed the result
+    obs = Observer(40, plain=lambda k: PASS)
+    res = multicut_first_failure(100, obs.observe, confirm=obs.confirm)
+    assert res.fallback and not res.confirmed and res.first_bad is None
+    assert res.plain == {40: PASS}
+    assert any("disagrees" in note for note in res.notes)
+
+
+def test_multicut_falls_back_when_the_plain_probe_blames_an_earlier_op() -> None:
+    obs = Observer(40, plain=lambda k: ProbeOutcome(Status.FAIL, blame=10))
+    res = multicut_first_failure(100, obs.observe, confirm=obs.confirm, max_cuts_per_run=3)
+    assert res.fallback and res.first_bad is None
+
+
+def test_multicut_falls_back_on_non_monotone_observations() -> None:
+    def observe(positions: list[int]) -> dict[int, ProbeOutcome]:
+        return {p: (ProbeOutcome(Status.FAIL) if 30 <= p < 50 else PASS) for p in positions}
+
+    res = multicut_first_failure(100, observe, confirm=lambda k: ProbeOutcome(Status.FAIL))
+    assert res.fallback and any("not monotone" in note for note in res.notes)
+
+
+def test_multicut_falls_back_on_a_crashing_run_and_keeps_plain_results() -> None:
+    def observe(positions: list[int]) -> dict[int, ProbeOutcome]:
+        status = Status.CRASH if len(positions) > 1 else Status.PASS
+        return {p: ProbeOutcome(status) for p in positions}
+
+    res = multicut_first_failure(
+        100, observe, confirm=lambda k: PASS, known={10: PASS}, fits=lambda positions: len(positions) <= 5
+    )
+    assert res.fallback and res.runs == 1 and res.plain == {10: PASS}
+
+
+def test_multicut_skips_unjudgeable_cuts_and_reports_ambiguity() -> None:
+    obs = Observer(30)
+
+    def observe(positions: list[int]) -> dict[int, ProbeOutcome]:
+        return {p: (SKIP if 25 <= p < 30 else obs.outcome(p)) for p in positions}
+
+    res = multicut_first_failure(100, observe, confirm=obs.confirm, max_cuts_per_run=3)
+    assert res.first_bad == 30 and res.ambiguous is not None
+    assert res.culprit_range[0] <= 25 and not res.fallback
+
+
+def test_multicut_uses_replayed_probes() -> None:
+    obs = Observer(60)
+    known = {50: PASS, 70: ProbeOutcome(Status.FAIL)}
+    res = multicut_first_failure(100, obs.observe, confirm=obs.confirm, known=known)
+    check_exact(res, 60)
+    assert all(50 < p < 70 for r in obs.runs for p in r)
+
+
+def test_spread_and_widest_fitting() -> None:
+    assert spread(list(range(7)), 3) == [1, 3, 5]
+    assert spread(list(range(7)), 1) == [3]
+    assert spread([4, 8], 5) == [4, 8]
+    cands = list(range(100))
+    chosen = widest_fitting(cands, lambda idx: sum(idx) < 500, None)
+    assert sum(chosen) < 500 and sum(spread(cands, len(chosen) + 1)) >= 500 and chosen == spread(cands, len(chosen))
+    assert widest_fitting(cands, lambda idx: True, 6) == spread(cands, 6)
+    assert widest_fitting(list(range(100)), lambda idx: False, None) == [49]  # one cut always
