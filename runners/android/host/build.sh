@@ -13,7 +13,9 @@
 # data, which must resolve when the library is loaded) although the runner never calls Python: the runner
 # links the shared libpython of that interpreter. lite.so's SONAME is liblite_pybind.so and it finds its
 # own libraries (libiomp5, mklml) through RUNPATH $ORIGIN/libs, so lib/ holds symlinks of both names.
-# Exit codes: 2 usage, 3 missing tool or library.
+# For tests of the checks themselves: HOST_INCLUDE replaces host/include, TARGETS picks what to build (default
+# "bisect_lite_runner abi_check").
+# Exit codes: 1 compile or link error, 2 usage, 3 missing tool or library.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,14 +52,23 @@ ln -sfn "$pkg/lite.so" "$out/lib/liblite_pybind.so"
 [ -d "$pkg/libs" ] && ln -sfn "$pkg/libs" "$out/lib/libs"
 lib="$(cd "$out/lib" && pwd)"
 
-flags=(-std=c++14 -O2 -Wall -Wextra -Werror -I "$here/include" -I "$here/..")
+include="${HOST_INCLUDE:-$here/include}"
+flags=(-std=c++14 -O2 -Wall -Wextra -Werror -I "$include" -I "$here/..")
 link=(-L"$lib" -llite_pybind -Wl,-rpath,"$lib" -L"$libdir" -l"python$pyversion" -Wl,-rpath,"$libdir"
       -Wl,--no-undefined -ldl)
-# Two compilers at once: the runner and the checker are independent.
-"$cxx" "${flags[@]}" "$here/../bisect_lite_runner.cc" -o "$out/bisect_lite_runner.tmp" "${link[@]}" &
-runner_pid=$!
-"$cxx" "${flags[@]}" "$here/abi_check.cc" -o "$out/abi_check.tmp" "${link[@]}" || { wait "$runner_pid" || true; exit 1; }
-wait "$runner_pid"
-mv -f "$out/bisect_lite_runner.tmp" "$out/bisect_lite_runner"
-mv -f "$out/abi_check.tmp" "$out/abi_check"
-echo "built $out/bisect_lite_runner and $out/abi_check against $pkg/lite.so"
+declare -A sources=([bisect_lite_runner]="$here/../bisect_lite_runner.cc" [abi_check]="$here/abi_check.cc")
+targets=(${TARGETS:-bisect_lite_runner abi_check})
+for t in "${targets[@]}"; do
+  [ -n "${sources[$t]:-}" ] || die 2 "unknown target '$t' (bisect_lite_runner, abi_check)"
+done
+pids=()
+for t in "${targets[@]}"; do
+  # In parallel: the targets are independent. Written under a temporary name, renamed when complete.
+  "$cxx" "${flags[@]}" "${sources[$t]}" -o "$out/$t.tmp" "${link[@]}" &
+  pids+=($!)
+done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || die 1 "compiling against $pkg/lite.so failed (see the compiler's messages above)"
+for t in "${targets[@]}"; do mv -f "$out/$t.tmp" "$out/$t"; done
+echo "built ${targets[*]} in $out against $pkg/lite.so"
