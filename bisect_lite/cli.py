@@ -347,6 +347,7 @@ def compare(
         verdict = report["verdict"]
         detail = f": {report.get('message', '')}" if verdict == "crash" else ""
         out.print(f"{verdict.upper()}: {target_spec} vs {ref_spec}{detail}")
+        _print_warnings(report)
         out.print(f"inputs: {report['inputs_file']} (repeat with --inputs)")
     raise typer.Exit(0 if report["verdict"] == "match" else 1)
 
@@ -404,6 +405,9 @@ def run(
             help="Keep searching past each culprit (fed with reference values) and report every independent faulty op.",
         ),
     ] = False,
+    max_culprits: Annotated[
+        int, typer.Option("--max-culprits", min=1, help="With --all: stop after this many distinct culprits.")
+    ] = 8,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace the output of an earlier run in --out.")] = False,
     strategy: Annotated[
@@ -468,6 +472,7 @@ def run(
         int_range=int_range,
         out=out_dir,
         find_all=find_all,
+        max_culprits=max_culprits,
         compare=config,
         timeout=timeout,
         max_memory=parse_size(max_memory),
@@ -569,6 +574,12 @@ def parse_size(text: str) -> int:
         raise InputError(f"--max-memory {text!r}: expected a size like 512M or 2G") from None
 
 
+def _print_warnings(report: dict[str, Any]) -> None:
+    # markup=False: engine text may hold [...] that rich would read as markup.
+    for warning in report.get("warnings") or []:
+        out.print(f"warning: {warning}", markup=False)
+
+
 def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
     verdict = report["verdict"]
     cached = f" + {report['target_cache_hits']} from cache" if report["target_cache_hits"] else ""
@@ -584,6 +595,7 @@ def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
             f"MATCH: {report['target']['engine']} agrees with {report['reference']['engine']} on every "
             f"output ({runs}). Report: {out_dir / 'report.md'}"
         )
+        _print_warnings(report)
         return
     if verdict == "precision":
         prec = report.get("precision", {})
@@ -595,6 +607,7 @@ def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
         out.print(f"report: {out_dir / 'report.md'}")
         return
     out.print(f"{verdict.upper()}: {report['target']['engine']} vs {report['reference']['engine']} ({runs})")
+    _print_warnings(report)
     for c in report["culprits"]:
         where = f"op {c['index']} {c['type']}" if c["kind"] == "op" else f"{c['kind']} ops {c['ops']}"
         out.print(f"  culprit: {where}  -> {', '.join(a for v in c['outputs'].values() for a in v)}")

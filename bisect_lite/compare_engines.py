@@ -12,6 +12,13 @@ from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
 from bisect_lite.errors import EngineUnavailable
 from bisect_lite.inputs import prepare_inputs, save_npz
 from bisect_lite.model import load_model
+from bisect_lite.preflight import (
+    check_comparable,
+    check_spec_fits_model,
+    check_target_runs,
+    nonfinite_warnings,
+    one_line,
+)
 
 
 def compare_engines(
@@ -32,6 +39,9 @@ def compare_engines(
 ) -> dict[str, Any]:
     """Returns {"verdict": match|mismatch|crash, "comparison", "reference", "target", ...}."""
     model = load_model(model_path, params)
+    check_comparable(model)
+    for spec in (ref, target):
+        check_spec_fits_model(spec, model)
     feeds = prepare_inputs(model, inputs, shapes=shapes, seed=seed, int_range=int_range)
     # The inputs used are saved with every result, so any comparison can be repeated (--inputs FILE).
     if save_inputs is None:
@@ -47,8 +57,15 @@ def compare_engines(
     try:
         ref_result = runners[0].run(model, feeds)
         if not ref_result.ok:
-            raise EngineUnavailable(f"the reference engine {ref} failed: {ref_result.status}: {ref_result.message}")
+            raise EngineUnavailable(
+                f"the reference engine {ref} failed on this model: {ref_result.status}: {one_line(ref_result.message)}"
+            )
         target_result = runners[1].run(model, feeds)
+        if not target_result.ok:
+            if target_result.info.get("stage") == "load":  # it never ran: the conversion (e.g. paddle2onnx) failed
+                raise EngineUnavailable(f"engine {target} cannot run this model: {one_line(target_result.message)}")
+            # A target that cannot run even single ops of the model is a setup problem, not the model's crash.
+            check_target_runs(runners[1], model, lambda names: {n: feeds[n] for n in names}, feeds.__contains__)
         report: dict[str, Any] = {
             "model": str(model_path),
             "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()},
@@ -56,6 +73,7 @@ def compare_engines(
             "target": {"engine": target, "facts": runners[1].facts(), "seconds": round(target_result.seconds, 4)},
             "tolerance": {"atol": config.default.atol, "rtol": config.default.rtol},
             "inputs_file": str(save_inputs),
+            "warnings": nonfinite_warnings(ref_result.outputs, feeds, model.params),
         }
         if not target_result.ok:
             report.update(verdict="crash", status=target_result.status, message=target_result.message, comparison=None)

@@ -81,7 +81,7 @@ def check_target_runs(
             break
     if failures:
         types = ", ".join(t for t, _ in failures)
-        message = _first_line(failures[0][1]) or "no message"
+        message = one_line(failures[0][1]) or "no message"
         raise EngineUnavailable(
             f"the target {target.spec} fails even on single ops of this model ({types}, each alone): {message} "
             "-- a setup problem, not a fault of the model; nothing was blamed"
@@ -118,7 +118,8 @@ def _count(array: np.ndarray) -> tuple[int, int] | None:
     return (nan, inf) if nan or inf else None
 
 
-def _first_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """The last non-empty line of an engine's message (where its error is), at most 300 characters."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= 300 else line[:299] + "…"

@@ -186,7 +186,9 @@ class Worker:
             self.stop()  # restarted lazily by the next run
             return result
         if not msg.get("ok"):
-            return RunResult("crash", seconds=seconds, message=f"engine error: {msg.get('error', '?')}")
+            # info["stage"] == "load": the engine could not prepare (convert) this model, it never ran it.
+            stage = {"stage": msg["stage"]} if msg.get("stage") else {}
+            return RunResult("crash", seconds=seconds, message=f"engine error: {msg.get('error', '?')}", info=stage)
         info = {"run_seconds": msg.get("seconds"), "load_seconds": msg.get("load_seconds"), **msg.get("info", {})}
         return RunResult("ok", seconds=seconds, info=info)
 
@@ -260,6 +262,7 @@ def serve(spec_text: str) -> None:
         if not line.strip():
             continue
         req = json.loads(line)
+        stage = "load"
         try:
             t0 = time.perf_counter()
             key = req["model_dir"]
@@ -268,6 +271,7 @@ def serve(spec_text: str) -> None:
                 while len(loaded) > 4:
                     loaded.popitem(last=False)
             loaded.move_to_end(key)
+            stage = "run"
             t1 = time.perf_counter()
             with np.load(req["inputs"], allow_pickle=False) as data:
                 inputs = {k: data[k] for k in data.files}
@@ -278,7 +282,7 @@ def serve(spec_text: str) -> None:
             os.replace(tmp, req["outputs"])
             send({"ok": True, "seconds": t2 - t1, "load_seconds": t1 - t0})
         except (Exception, SystemExit) as exc:  # an engine error is a verdict for this run, not the end of the worker
-            send({"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()[-1500:]}"})
+            send({"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()[-1500:]}", "stage": stage})
 
 
 if __name__ == "__main__":
