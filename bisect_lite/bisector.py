@@ -129,8 +129,12 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     target = EngineRunner(options.target, cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch)
     values = ReferenceValues(out / "reference", inputs)
     rule = precision_rule(options, target.engine.declared_precision)
+    # The emulation's results are read once for their error scalars: caching them would write every tensor to disk.
+    emulation_cache = Cache(results=False)
     emulation = (
-        EngineRunner(EMULATION_SPEC, cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch)
+        EngineRunner(
+            EMULATION_SPEC, emulation_cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch
+        )
         if rule is not None
         else None
     )
@@ -151,6 +155,7 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         target.close()
         if emulation is not None:
             emulation.close()
+        emulation_cache.close()
         cache.close()
         values.close()
         _remove_tree(scratch)
