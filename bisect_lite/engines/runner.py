@@ -111,6 +111,7 @@ class EngineRunner:
         self.runs_by_phase: dict[str, int] = {}
         self.cache_hits = 0
         self.engine_seconds = 0.0
+        self.peak_rss = 0  # bytes: the highest VmHWM of this engine's worker processes (0: no worker)
         self._key = self.engine.cache_key()
 
     @property
@@ -180,7 +181,9 @@ class EngineRunner:
         if self.worker is None:
             self.worker = Worker(str(self.engine.spec), self.scratch / "worker.log", verbose=self.verbose)
         try:
-            return self.worker.run(job, self.timeout)
+            result = self.worker.run(job, self.timeout)
+            self.peak_rss = max(self.peak_rss, self.worker.peak_rss)
+            return result
         except WorkerDied as exc:
             raise EngineUnavailable(f"engine {self.engine.spec} cannot start: {exc}") from None
 
