@@ -66,6 +66,18 @@ def tail(path: Path, limit: int = 1500) -> str:
     return "\n".join(lines[-12:])
 
 
+def peak_rss(pid: int) -> int:
+    """A live process's peak resident set size in bytes (VmHWM), 0 when it cannot be read (not Linux, gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -95,6 +107,7 @@ class Worker:
         self.command = command or [python or sys.executable, "-m", "bisect_lite.engines.worker", spec]
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, Any] = {}
+        self.peak_rss = 0  # the highest VmHWM seen of any of its processes (report.json records it)
         self._buf = b""
         self._log_offset = 0
 
@@ -190,6 +203,8 @@ class Worker:
             stage = {"stage": msg["stage"]} if msg.get("stage") else {}
             return RunResult("crash", seconds=seconds, message=f"engine error: {msg.get('error', '?')}", info=stage)
         info = {"run_seconds": msg.get("seconds"), "load_seconds": msg.get("load_seconds"), **msg.get("info", {})}
+        if self.proc is not None:
+            self.peak_rss = max(self.peak_rss, peak_rss(self.proc.pid))
         return RunResult("ok", seconds=seconds, info=info)
 
     def _death_reason(self, what: str) -> str:
@@ -267,9 +282,10 @@ def serve(spec_text: str) -> None:
             t0 = time.perf_counter()
             key = req["model_dir"]
             if key not in loaded:
+                # One model at a time: a loaded predictor keeps its activation buffers, and runs of the same
+                # model come back to back (determinism checks), so a larger cache only multiplies the peak.
+                loaded.clear()
                 loaded[key] = engine.load(Path(req["model_dir"]), Path(req["work_dir"]))
-                while len(loaded) > 4:
-                    loaded.popitem(last=False)
             loaded.move_to_end(key)
             stage = "run"
             t1 = time.perf_counter()
