@@ -140,7 +140,8 @@ def check_output_dir(
         return
     if not is_ours(path):
         raise InputError(
-            f"{option} {path} is not empty and was not written by bisect-lite; choose an empty or new directory"
+            f"{option} {path} is not empty and was not written by bisect-lite; refusing to touch it: "
+            "choose an empty or new directory"
         )
     if resume:
         return

@@ -20,7 +20,8 @@ class RunProgress:
         self.enabled = enabled and console.is_terminal
         self.console = console
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            # markup=False: descriptions carry engine messages and tensor names, which may hold "[...]".
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),

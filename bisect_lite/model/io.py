@@ -126,6 +126,9 @@ def load_model(path: str | Path, params: str | Path | None = None, *, with_param
         raise InputError(
             f"{model_file}: not a Paddle program (protobuf parse failed; corrupt or wrong file?)"
         ) from None
+    if not program.IsInitialized():  # proto2 required fields: the parser accepts their absence, serialising fails
+        missing = ", ".join(program.FindInitializationErrors()[:3])
+        raise InputError(f"{model_file}: not a complete Paddle program (missing {missing}; corrupt file?)")
     if not program.blocks:
         raise InputError(f"{model_file}: not a Paddle program (no blocks; corrupt or wrong file?)")
     model = Model(program, {}, source=model_file.parent)
