@@ -458,9 +458,7 @@ def run(
         raise InputError(f"--accumulation {accumulation!r}: expected fp32 or half")
     if precision_factor is not None and not precision_factor > 1:
         raise InputError(f"--precision-factor {precision_factor:g}: expected a number above 1")
-    config = _compare_config(
-        target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol, target_precision
-    )
+    config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol, target_precision)
     if strategy not in ("bisect", "placement"):
         raise InputError(f"--strategy {strategy!r}: expected bisect or placement")
     options = RunOptions(
@@ -713,10 +711,11 @@ def _os_error(exc: OSError) -> tuple[str, int]:
     text = f"{where}: {exc.strerror or exc}" if where else f"{exc.strerror or exc}"
     environment = False
     if where:
-        import tempfile
-
-        roots = [default_root(), Path(tempfile.gettempdir())]
-        environment = any(Path(os.path.abspath(where)).is_relative_to(Path(os.path.abspath(r))) for r in roots)
+        # The cache, or a private temporary directory of ours (they all start with "bisect-lite-").
+        path = Path(os.path.abspath(where))
+        environment = path.is_relative_to(Path(os.path.abspath(default_root()))) or any(
+            part.startswith("bisect-lite-") for part in path.parts
+        )
     if environment:
         return f"cannot use the cache or temporary space: {text} (set BISECT_LITE_CACHE or TMPDIR, or free space)", 3
     return f"cannot read or write {text}", 2

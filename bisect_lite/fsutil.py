@@ -116,6 +116,15 @@ def _overlap(path: Path, protected: Iterable[Path | None], option: str) -> None:
             raise InputError(f"{option} {path} holds the model {p}; choose an output path outside it")
 
 
+def _check_parents(path: Path, option: str) -> None:
+    """The nearest existing ancestor must be a directory (not a file that would make mkdir fail oddly)."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise InputError(f"{option} {path}: {parent} is not a directory")
+            return
+
+
 def check_output_dir(
     path: Path, *, protected: Iterable[Path | None] = (), force: bool = False, resume: bool = False, option: str = "-o"
 ) -> None:
@@ -127,6 +136,7 @@ def check_output_dir(
     if not path.exists():
         if resume:
             raise InputError(f"--resume: {path} does not exist (start a new run without --resume)")
+        _check_parents(path, option)
         return
     if not path.is_dir():
         raise InputError(f"{option} {path} exists and is not a directory; refusing to replace it")
@@ -158,8 +168,7 @@ def check_output_file(
     if path.is_symlink() and not path.exists():
         raise InputError(f"{option} {path} is a dangling symlink; refusing to write through it")
     if not path.exists():
-        if path.parent.exists() and not path.parent.is_dir():
-            raise InputError(f"{option} {path}: {path.parent} is not a directory")
+        _check_parents(path, option)
         return
     if path.is_dir():
         raise InputError(f"{option} {path} is a directory")
