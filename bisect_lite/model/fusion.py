@@ -94,10 +94,16 @@ class FusedGroup:
     ops: list[int]  # original op indices, ascending
     optimized: OptimizedOp | None = None  # the optimised op that computes the group (None: folded away)
     internal: list[str] = field(default_factory=list)  # tensors the fusion made invisible
+    folded: list[int] = field(default_factory=list)  # ops computed offline from weights into its constants
 
     @property
     def last(self) -> int:
         return self.ops[-1]
+
+    @property
+    def kernel_ops(self) -> list[int]:
+        """The ops the kernel computes at run time (without the ones folded into its weights)."""
+        return [i for i in self.ops if i not in self.folded] or self.ops
 
 
 def kernel_of(optimized: Model, desc_index: int) -> Kernel | None:
@@ -170,11 +176,14 @@ def fusion_groups(original: Model, optimized: Model) -> list[FusedGroup]:
         return i
 
     internal: dict[int, list[str]] = {}
+    folded: set[int] = set()
     for op in original.ops:
         outputs = [t for t in op.data_outputs() if not original.is_param(t)]
         if not outputs or any(t in visible for t in outputs):
             continue
         internal.setdefault(op.index, []).extend(outputs)
+        if all(original.is_param(t) for t in op.reads):
+            folded.add(op.index)
         readers = sorted({c for t in outputs for c in original.consumers.get(t, []) if c != op.index})
         if len(readers) > 1:
             # Read by several surviving ops yet invisible: computed offline into a constant (a reshape of a
@@ -193,8 +202,18 @@ def fusion_groups(original: Model, optimized: Model) -> list[FusedGroup]:
     for ops in members.values():
         outs = [t for i in ops for t in original.ops[i].data_outputs() if t in producer_of]
         hidden = [t for i in ops for t in internal.get(i, [])]
-        groups.append(FusedGroup(sorted(ops), producer_of[outs[0]] if outs else None, hidden))
+        groups.append(
+            FusedGroup(sorted(ops), producer_of[outs[0]] if outs else None, hidden, sorted(set(ops) & folded))
+        )
     return sorted(groups, key=lambda g: g.last)
+
+
+def cut_positions(groups: list[FusedGroup], start: int = 0) -> list[int]:
+    """Op indices (at or after `start`) after which a cut undoes no fusion: the end of a group that lies outside
+    every other group's run-time span. A group's ops need not be adjacent (x2paddle models put a conv's batch_norm
+    dozens of ops later), and cutting between them would split the kernel; ops folded into weights do not count."""
+    spans = [(g.kernel_ops[0], g.kernel_ops[-1]) for g in groups if len(g.kernel_ops) > 1]
+    return sorted({g.last for g in groups if g.last >= start and not any(a <= g.last < b for a, b in spans)})
 
 
 def group_of(groups: list[FusedGroup], op_index: int) -> FusedGroup | None:
