@@ -1,6 +1,7 @@
-// Host (x86) stand-in for the Paddle-Lite light API subset declared in
-// tests/sim/include/paddle_api.h, used to test bisect_lite_runner without a phone.
-// It is not Paddle-Lite code and runs no model.
+// Host (x86) stand-in for the Paddle-Lite light API declared in runners/android/host/include/paddle_api.h.
+// The runner's real-library tests (tests/test_runner_native.py) cover what the real lite.so does; this stub
+// covers what it cannot on a host: OpenCL being available (the config calls it gates), a Run() that fails,
+// a predictor that counts its runs, and inputs and outputs of every dtype (an echo). It runs no model.
 //
 // The "model" is a text file:
 //
@@ -143,6 +144,15 @@ class StubPredictor : public PaddlePredictor {
   std::vector<std::string> GetInputNames() override { return input_names_; }
   std::vector<std::string> GetOutputNames() override { return output_names_; }
 
+  // Not used by the runner.
+  std::shared_ptr<PaddlePredictor> Clone() override { throw std::runtime_error("stub: Clone"); }
+  std::shared_ptr<PaddlePredictor> Clone(const std::vector<std::string>&) override {
+    throw std::runtime_error("stub: Clone");
+  }
+  bool TryShrinkMemory() override { return false; }
+  std::unique_ptr<Tensor> GetInputByName(const std::string&) override { return nullptr; }
+  std::unique_ptr<const Tensor> GetTensor(const std::string&) const override { return nullptr; }
+
  private:
   static size_t ElementSize(PrecisionType p) {
     switch (p) {
@@ -170,6 +180,13 @@ class StubPredictor : public PaddlePredictor {
 };
 
 }  // namespace
+
+// The library defines these PaddlePredictor virtuals; the runner does not call them.
+std::vector<std::string> PaddlePredictor::GetParamNames() { return {}; }
+std::unique_ptr<Tensor> PaddlePredictor::GetMutableTensor(const std::string&) { return nullptr; }
+void PaddlePredictor::SaveOptimizedModel(const std::string&, LiteModelType, bool) {
+  throw std::runtime_error("stub: SaveOptimizedModel");
+}
 
 // ------------------------------------------------------------------ OpenCL probe
 
@@ -269,21 +286,19 @@ template void Tensor::CopyToCpu<uint8_t>(uint8_t*) const;
 
 // ------------------------------------------------------------------ configs
 
-ConfigBase::ConfigBase(PowerMode mode, int threads) : threads_(threads), mode_(mode) {}
+// The stub keeps no ConfigBase state: the calls are only logged.
+ConfigBase::ConfigBase(PowerMode, int) {}
+ConfigBase::~ConfigBase() {}
 
-#ifndef BISECT_LITE_SIM_OMIT_ARM_API
-void ConfigBase::set_threads(int threads) {
-  threads_ = threads;
-  LogCall("set_threads " + std::to_string(threads));
-}
+#ifndef BISECT_LITE_HOST_OMIT_ARM_API
+void ConfigBase::set_threads(int threads) { LogCall("set_threads " + std::to_string(threads)); }
 
 void ConfigBase::set_power_mode(PowerMode mode) {
-  mode_ = mode;
   LogCall("set_power_mode " + std::to_string(static_cast<int>(mode)));
 }
 #endif
 
-#ifndef BISECT_LITE_SIM_OMIT_OPENCL_API
+#ifndef BISECT_LITE_HOST_OMIT_OPENCL_API
 // Like the real library, the OpenCL settings are ignored when OpenCL is unavailable.
 void ConfigBase::set_opencl_binary_path_name(const std::string& path, const std::string& name) {
   if (IsOpenCLBackendValid()) LogCall("set_opencl_binary_path_name " + path + " " + name);
@@ -303,7 +318,7 @@ void ConfigBase::set_opencl_precision(CLPrecisionType p) {
 #endif
 
 void MobileConfig::set_model_from_file(const std::string& x) {
-  lite_model_file_ = x;
+  model_file_ = x;
   LogCall("set_model_from_file " + x);
 }
 
