@@ -11,6 +11,7 @@ from bisect_lite.model import frontier, truncate
 from bisect_lite.model.fusion import (
     FusedGroup,
     cpu_placement_config,
+    cut_positions,
     describe_group,
     fusion_groups,
     group_of,
@@ -75,7 +76,7 @@ def search_segment(ctx: RunContext, start: int, whole: ProbeOutcome) -> dict[str
     cuts = None
     if ctx.groups:
         # Cut only where the target's fused groups end: a cut inside a group undoes the fusion.
-        cuts = sorted({g.last - start for g in ctx.groups if g.last >= start} | {n - 1 - start})
+        cuts = sorted({p - start for p in cut_positions(ctx.groups, start)} | {n - 1 - start})
         known = {p: o for p, o in known.items() if p in cuts}
     ctx.events(
         "search", {"segment": start, "ops": n - start, "expected": expected_probes(len(cuts or range(n - start)))}
@@ -102,7 +103,10 @@ def search_segment(ctx: RunContext, start: int, whole: ProbeOutcome) -> dict[str
         ctx.notes.append(f"probes between ops {a} and {b} could not be evaluated; the culprit is in that range")
     if hi > lo and ctx.groups:
         group = group_of(ctx.groups, culprit)
-        if group is not None and group.ops == info["ops"]:
+        # The bracket between two cuts holds the culprit's fused group, and possibly ops of other groups that sit
+        # between the group's own ops (cuts there would split it): blame the group that ends at the failing cut.
+        if group is not None and group.last == hi and set(group.ops) <= set(info["ops"]) and len(group.ops) > 1:
+            info["index"], info["ops"] = group.ops[0], list(group.ops)
             info["group"] = describe_group(ctx.model, group)
     info["fusion_note"] = fusion_change(ctx, culprit)
     return info
