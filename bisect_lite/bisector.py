@@ -92,6 +92,14 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     check_comparable(model)
     for spec in (options.ref, options.target):
         check_spec_fits_model(spec, model)
+    # Inputs are checked before --out is touched: a bad value leaves the user's paths as they were.
+    fresh_inputs = (
+        None
+        if options.resume
+        else prepare_inputs(
+            model, options.inputs, shapes=options.shapes, seed=options.seed, int_range=options.int_range
+        )
+    )
     out = Path(options.out)
     claim = prepare_out_dir(out, model, options.resume, options.force)
     journal = Journal(out / "journal.jsonl")
@@ -107,9 +115,8 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         if header and (header["ref"], header["target"]) != (options.ref, options.target):
             raise InputError(f"--resume: {out} was made with --ref {header['ref']} --target {header['target']}")
     else:
-        inputs = prepare_inputs(
-            model, options.inputs, shapes=options.shapes, seed=options.seed, int_range=options.int_range
-        )
+        assert fresh_inputs is not None
+        inputs = fresh_inputs
         save_npz(out / "inputs.npz", inputs)
     if header is None:
         journal.append(

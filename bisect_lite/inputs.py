@@ -8,8 +8,9 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,6 +127,44 @@ def load_inputs(path: Path, model: Model) -> dict[str, np.ndarray]:
     return out
 
 
+class BadNpz(ValueError):
+    """An .npz whose arrays are not what their headers claim (or too large, or not plain arrays)."""
+
+
+def check_npz(file: Any, *, wanted: Collection[str] | None = None, limit: int = MAX_INPUT_BYTES) -> dict[str, int]:
+    """Check every array header of an .npz (path or binary file) against its stored size, before anything is
+    allocated: a header may claim 4 TiB. `wanted` limits the check to those names. Returns {name: CRC-32}."""
+    with zipfile.ZipFile(file) as archive:
+        infos = archive.infolist()
+        if sum(i.file_size for i in infos) > limit:
+            raise BadNpz(f"more than {limit} bytes of arrays")
+        digests: dict[str, int] = {}
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            if wanted is not None and name not in wanted:
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                else:
+                    raise BadNpz(f"{name!r}: unsupported .npy version {version}")
+                header_len = member.tell()
+            if dtype.hasobject:
+                raise BadNpz(f"{name!r} holds Python objects")
+            count = 1
+            for d in shape:
+                count *= d
+            if header_len + count * dtype.itemsize != info.file_size:
+                raise BadNpz(
+                    f"{name!r} claims shape {list(shape)} {dtype} but holds {info.file_size - header_len} bytes"
+                )
+            digests[name] = info.CRC
+        return digests
+
+
 def read_npz(path: Path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> dict[str, np.ndarray]:
     """Load a user's .npz: a regular zip file of plain arrays (no pickles), each no larger than `limit`."""
     path = Path(path)
@@ -140,9 +179,7 @@ def read_npz(path: Path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> di
             npy = magic == b"\x93NUM"
             hint = " (an .npy holds one array; save one array per input with numpy.savez)" if npy else ""
             raise InputError(f"{path}: {what} is not an .npz archive{hint}")
-        with zipfile.ZipFile(path) as archive:
-            if sum(i.file_size for i in archive.infolist()) > limit:
-                raise InputError(f"{path}: {what} holds more than {limit >> 20} MiB of arrays")
+        check_npz(path, limit=limit)
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except InputError:

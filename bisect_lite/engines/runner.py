@@ -20,6 +20,7 @@ from bisect_lite.engines.base import Engine, Job, RunResult
 from bisect_lite.engines.registry import create_engine
 from bisect_lite.engines.worker import Worker, WorkerDied
 from bisect_lite.errors import EngineUnavailable
+from bisect_lite.inputs import BadNpz, check_npz
 from bisect_lite.model import Model
 
 DEFAULT_TIMEOUT = 120.0
@@ -46,35 +47,15 @@ def check_outputs_file(path: Path, fetches: list[str], limit: int | None = None)
             raise BadOutputs("not a regular file")
         if st.st_size > limit:
             raise BadOutputs(f"{st.st_size} bytes, more than the {limit} byte cap (BISECT_LITE_MAX_OUTPUT_BYTES)")
-        with os.fdopen(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as archive:
-            infos = archive.infolist()
-            if len(infos) > 2 * len(fetches) + 16:
-                raise BadOutputs(f"{len(infos)} arrays for {len(fetches)} fetches")
-            if sum(i.file_size for i in infos) > limit:
-                raise BadOutputs(f"arrays larger than the {limit} byte cap in all")
-            digests: dict[str, int] = {}
-            for info in infos:
-                name = info.filename.removesuffix(".npy")
-                if name not in fetches:
-                    continue
-                with archive.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                    else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                    header_len = member.tell()
-                if dtype.hasobject:
-                    raise BadOutputs(f"{name!r} holds Python objects")
-                count = 1
-                for d in shape:
-                    count *= d
-                if header_len + count * dtype.itemsize != info.file_size:
-                    raise BadOutputs(
-                        f"{name!r} claims shape {list(shape)} {dtype} but holds {info.file_size - header_len} bytes"
-                    )
-                digests[name] = info.CRC
-            return digests
+        with os.fdopen(os.dup(fd), "rb") as f:
+            with zipfile.ZipFile(f) as archive:
+                if len(archive.infolist()) > 2 * len(fetches) + 16:
+                    raise BadOutputs(f"{len(archive.infolist())} arrays for {len(fetches)} fetches")
+            f.seek(0)
+            try:
+                return check_npz(f, wanted=set(fetches), limit=limit)
+            except BadNpz as exc:
+                raise BadOutputs(str(exc)) from None
     finally:
         os.close(fd)
 
