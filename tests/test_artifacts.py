@@ -246,3 +246,50 @@ def test_all_reports_each_root_cause_once_and_says_where_it_stopped(faulty, tmp_
     assert sorted(p.name for p in out.glob("repro*")) == ["repro", "repro-2"]
     md = (out / "report.md").read_text()
     assert "also at ops 28 (op #28)" in md and "--max-culprits 2" in md
+
+
+def test_minimise_crops_broadcast_partners_together(monkeypatch):
+    """A fault that needs 16 channels: shrinking the gate Y's channels alone would still "fail" through numpy
+    broadcasting but compute another function (every channel scaled by channel 0's gate). The engine stand-in is
+    the op's real function in numpy; the minimiser under test is the project's."""
+    import bisect_lite.phases.minimise as minimise
+
+    model = load_model(FIXTURES / "two_io")
+    sub = extract(model, [10])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 32, 8, 8)).astype(np.float32)
+    y = rng.standard_normal((1, 32, 1, 1)).astype(np.float32)
+    out_name = "elementwise_mul_0.tmp_0"
+
+    def isolate(ctx, ops, hunted, model=None, inputs=None):
+        a, b = inputs["relu_1.tmp_0"], inputs["reshape2_0.tmp_0"]
+        try:
+            value = a * b
+        except ValueError:
+            return None  # the reference cannot run shapes that do not broadcast
+        return {
+            "model": model,
+            "inputs": inputs,
+            "expected": {out_name: value},
+            "actual": {out_name: value * 2},
+            "fails": a.shape[1] >= 16,
+            "comparison": None,
+            "ops": list(ops),
+        }
+
+    monkeypatch.setattr(minimise, "isolate", isolate)
+    found = {
+        "model": sub,
+        "inputs": {"relu_1.tmp_0": x, "reshape2_0.tmp_0": y},
+        "expected": {out_name: x * y},
+        "ops": [10],
+        "kind": "op",
+        "tried": [],
+    }
+    best = minimise.minimise_shapes(SimpleNamespace(), found, hunted=None)
+    xs, ys = best["inputs"]["relu_1.tmp_0"], best["inputs"]["reshape2_0.tmp_0"]
+    assert xs.shape[1] == ys.shape[1] == 16, (xs.shape, ys.shape)
+    # The shrunk repro computes a crop of what the model computed.
+    h, w = xs.shape[2:]
+    np.testing.assert_array_equal(best["expected"][out_name], (x * y)[:, :16, :h, :w])
+    assert best["model"].vars[out_name].shape == best["expected"][out_name].shape
