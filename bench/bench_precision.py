@@ -1,0 +1,470 @@
+"""How well does the judgement tell a kernel bug from half-precision noise? Precision model vs the old fixed tolerance.
+
+Targets carry fp16 noise AND a planted kernel-like fault: the fault is inserted as real ops after one op's output
+(scale by 1+s; a few channels, the border, or the last row scaled by 1+s; one NaN; a transposed layout), and the
+resulting model runs under the `fp16` emulation, so the fault's output is rounded to half like everything else.
+Healthy targets: the fp16 emulation itself, and two "other device" stand-ins whose noise differs from the
+emulation's (every op output multiplied by 1 + a*2^-11*z, z ~ N(0,1) per last-dim index, a = 1 and 4): a device
+rounding once more inside its kernels, and one with about 4x the emulation's error (the worst ratio a real GPU
+showed, notes/precision.md).
+
+Per case it judges what `bisect-lite run` judges: the outputs, then (when they pass) every tensor, in execution
+order. Detection: some tensor fails. Right op: the first failing tensor in execution order is the planted op's
+output (the search converges there: every earlier tensor is the healthy emulation's). "effect": the faulty
+output's rel L2 / the healthy fp16 output's rel L2 (how loud the fault is at the output, in units of fp16 noise).
+The old rule is atol = rtol = 5e-2, atol x RMS when RMS > 1, judged at the outputs (the old `run` looked no
+further), and its right-op check also needs no healthy tensor before the fault to fail it (else the old search
+blames a healthy op).
+
+    .venv/bin/python bench/bench_precision.py [--quick] [--factor K] [--models a,b] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bisect_lite.cache import Cache  # noqa: E402
+from bisect_lite.compare import FP16_TOLERANCE, CompareConfig, Comparison, compare_outputs  # noqa: E402
+from bisect_lite.engines.runner import EngineRunner  # noqa: E402
+from bisect_lite.model import Model, load_model, truncate  # noqa: E402
+from bisect_lite.model.proto import framework_pb2  # noqa: E402
+from bisect_lite.precision import DEFAULT_FACTOR, Expectations, PrecisionRule  # noqa: E402
+from bisect_lite.reference import ReferenceValues  # noqa: E402
+
+FIXTURES = ["mobilenetv3", "resnet", "transformer", "unet", "two_io", "argmax_classifier"]
+REAL = ["det", "rec", "cls"]
+SIZES = (0.05, 0.10, 0.20)
+SIZED_KINDS = ("scale", "channels", "border", "last_row")
+OLD = CompareConfig(default=FP16_TOLERANCE)
+FP32_DTYPE = 5
+
+
+def model_path(name: str) -> Path:
+    if name in REAL:
+        return Path("/work/shared/models/ppocrv5") / name
+    return ROOT / "fixtures" / name
+
+
+# ---- planting ------------------------------------------------------------------------------------------------
+def _var(block: Any, like: str, name: str, shape: Sequence[int], persistable: bool) -> None:
+    src = next(v for v in block.vars if v.name == like)
+    vd = block.vars.add()
+    vd.CopyFrom(src)
+    vd.name = name
+    vd.persistable = persistable
+    vd.type.dense_tensor.tensor.data_type = FP32_DTYPE
+    del vd.type.dense_tensor.tensor.dims[:]
+    vd.type.dense_tensor.tensor.dims.extend(int(d) for d in shape)
+
+
+def _attr(op: Any, name: str, value: Any) -> None:
+    a = op.attrs.add()
+    a.name = name
+    if isinstance(value, bool):
+        a.type, a.b = 6, value
+    elif isinstance(value, int):
+        a.type, a.i = 0, value
+    elif isinstance(value, float):
+        a.type, a.f = 1, value
+    else:
+        a.type = 3
+        a.ints.extend(value)
+
+
+Edit = tuple[str, "np.ndarray | None", dict[str, Any]]
+
+
+def insert_after(model: Model, edits: dict[str, Edit | list[Edit]]) -> Model:
+    """A copy of `model` where each tensor T in `edits` is written as T@raw and then passed through the given ops
+    (elementwise_mul/elementwise_add with a fresh float32 param, or scale/transpose2 with attrs), the last writing T.
+    Under the fp16 engine every inserted op's output is rounded to half too."""
+    pb = framework_pb2()
+    program = pb.ProgramDesc()
+    program.CopyFrom(model.program)
+    block = program.blocks[0]
+    params = dict(model.params)
+    new_ops = []
+    for od in block.ops:
+        new_ops.append(od)
+        if od.type in ("feed", "fetch"):
+            continue
+        for slot in od.outputs:
+            for k, name in enumerate(list(slot.arguments)):
+                if name not in edits:
+                    continue
+                chain = edits[name] if isinstance(edits[name], list) else [edits[name]]
+                shape = [int(d) for d in next(v for v in block.vars if v.name == name).type.dense_tensor.tensor.dims]
+                src = f"{name}@raw0"
+                slot.arguments[k] = src
+                _var(block, name, src, shape, False)
+                for step, (op_type, param, attrs) in enumerate(chain):
+                    last = step == len(chain) - 1
+                    dst = name if last else f"{name}@raw{step + 1}"
+                    if not last:
+                        _var(block, name, dst, shape, False)
+                    op = pb.OpDesc()
+                    op.type = op_type
+                    op.inputs.add(parameter="X", arguments=[src])
+                    if param is not None:
+                        pname = f"{name}@fault{step}"
+                        _var(block, name, pname, param.shape, True)
+                        params[pname] = param.astype(np.float32)
+                        op.inputs.add(parameter="Y", arguments=[pname])
+                    if op_type == "transpose2":
+                        xshape = f"{name}@xshape{step}"
+                        _var(block, name, xshape, [0, *shape], False)
+                        op.outputs.add(parameter="XShape", arguments=[xshape])
+                    op.outputs.add(parameter="Out", arguments=[dst])
+                    for key, value in attrs.items():
+                        _attr(op, key, value)
+                    new_ops.append(op)
+                    src = dst
+    del block.ops[:]
+    block.ops.extend(new_ops)
+    return Model(program, params, source=None)
+
+
+def fault_edit(kind: str, size: float, shape: tuple[int, ...]) -> tuple[str, np.ndarray | None, dict[str, Any]] | None:
+    """The op that plants one kernel-like fault on a tensor of `shape`; None when it does not apply."""
+    rank = len(shape)
+    if kind == "scale":
+        return "scale", None, {"scale": 1.0 + size, "bias": 0.0, "bias_after_scale": True}
+    if kind == "channels":
+        if rank < 2 or shape[1] < 4:
+            return None
+        mask = np.ones([1, shape[1], *([1] * (rank - 2))], np.float32)
+        mask[0, [0, shape[1] // 2, shape[1] - 1]] = 1.0 + size  # three channels
+        return "elementwise_mul", mask, {"axis": -1}
+    if kind == "border":
+        if rank < 3 or shape[-1] < 4 or shape[-2] < 4:
+            return None
+        mask = np.ones([1] * (rank - 2) + list(shape[-2:]), np.float32)
+        mask[..., 0, :] = mask[..., -1, :] = mask[..., :, 0] = mask[..., :, -1] = 1.0 + size
+        return "elementwise_mul", mask, {"axis": -1}
+    if kind == "last_row":
+        if rank < 2 or shape[-2] < 2:
+            return None
+        mask = np.ones([1] * (rank - 2) + [shape[-2], 1], np.float32)
+        mask[..., -1, :] = 1.0 + size
+        return "elementwise_mul", mask, {"axis": -1}
+    if kind == "nan":
+        mask = np.zeros([1] * (rank - 1) + [shape[-1]], np.float32)
+        mask[..., shape[-1] // 2] = np.nan
+        return "elementwise_add", mask, {"axis": -1}  # one NaN per row of the last dim
+    if kind == "transpose":
+        if rank < 2 or shape[-1] != shape[-2] or shape[-1] < 2:
+            return None
+        axes = [*list(range(rank - 2)), rank - 1, rank - 2]
+        return "transpose2", None, {"axis": axes}
+    raise ValueError(kind)
+
+
+# Ops that only move, select or clamp values: a device adds no rounding there (fp16 in, the same fp16 out).
+EXACT_OPS = frozenset(
+    [
+        "reshape2",
+        "reshape",
+        "transpose2",
+        "transpose",
+        "flatten_contiguous_range",
+        "flatten",
+        "squeeze2",
+        "unsqueeze2",
+        "concat",
+        "split",
+        "slice",
+        "strided_slice",
+        "gather",
+        "relu",
+        "relu6",
+        "pool2d_max",
+        "max_pool2d_with_index",
+        "nearest_interp_v2",
+        "nearest_interp",
+        "shape",
+        "fill_constant",
+        "cast",
+        "assign",
+        "arg_max",
+    ]
+)
+
+
+def rerounding_edits(model: Model, values: ReferenceValues, offset: float) -> dict[str, list[Edit]]:
+    """Every computed float output gets one more, independent, element-wise rounding at the scale of the tensor:
+    y = (x + c) - c with c = offset * RMS(x), both steps rounded to half by the fp16 engine, so each element moves
+    by up to half an fp16 ulp of c (as when a kernel accumulates a sum whose running total is ~c in half).
+    offset 0.75 adds about 0.7 of a storage rounding per op, offset 3 about 2.7. Ops in EXACT_OPS (and max
+    pooling) add nothing on a device and are left alone."""
+    edits: dict[str, list[Edit]] = {}
+    for index, name in model.data_tensors():
+        op = model.ops[index]
+        pooling = model.op_attrs(index).get("pooling_type") if op.type == "pool2d" else None
+        if name not in values.index or op.type in EXACT_OPS or pooling == "max":
+            continue
+        arr = values[name]
+        if arr.dtype != np.float32 or not arr.size:
+            continue
+        rms = float(np.sqrt(np.mean(np.square(arr, dtype=np.float64))))
+        if not (rms > 0 and math.isfinite(rms)):
+            continue
+        c = offset * rms
+        edits[name] = [
+            ("scale", None, {"scale": 1.0, "bias": c, "bias_after_scale": True}),
+            ("scale", None, {"scale": 1.0, "bias": -c, "bias_after_scale": True}),
+        ]
+    return edits
+
+
+# ---- judging -------------------------------------------------------------------------------------------------
+class Judge:
+    """Reference values, expectations, and the two rules on one model."""
+
+    def __init__(self, name: str, work: Path, ref: EngineRunner, emu: EngineRunner, factor: float) -> None:
+        self.name = name
+        self.model = load_model(model_path(name))
+        with np.load(model_path(name) / "inputs.npz") as data:
+            self.inputs = {k: data[k] for k in data.files}
+        self.values = ReferenceValues(work / name / "reference", self.inputs)
+        t0 = time.perf_counter()
+        self.values.compute(self.model, ref, 1 << 29)
+        exp = Expectations(work / name / "reference")
+        exp.compute(self.model, self.values, emu)
+        self.setup_seconds = time.perf_counter() - t0
+        self.expected = exp.errors
+        self.rule = PrecisionRule(factor=factor, target_precision="unknown", declared_by="undeclared")
+        self.order = [t for _, t in self.model.data_tensors() if t in self.values.index]
+        self.position = {t: i for i, t in enumerate(self.order)}
+        self.producer = self.model.producers
+        self.emu = emu
+        # Healthy tensors the old rule already fails (the old search would stop at the first of them).
+        self.old_healthy_fail: list[str] = []
+        self.out_noise = 0.0
+        self.healthy_pairs = self.judge_all(self.model, self.order)
+        for _, cmp_old in self.healthy_pairs:
+            self.old_healthy_fail += cmp_old.failing
+        for f in self.model.fetches:
+            e = self.expected.get(f)
+            if e is not None and e.rel_l2 is not None:
+                self.out_noise = max(self.out_noise, e.rel_l2)
+
+    def judge_all(self, model: Model, names: list[str]) -> list[tuple[Comparison, Comparison]]:
+        """(precision, old) comparisons of `names` (tensors of the original model) on `model` under fp16,
+        batched as the reference was."""
+        files: dict[str, list[str]] = defaultdict(list)
+        for n in names:
+            files[self.values.index[n]].append(n)
+        out = []
+        for batch in files.values():
+            res = self.emu.run(truncate(model, batch), {f: self.inputs[f] for f in model.feeds})
+            if not res.ok:
+                raise RuntimeError(f"{self.name}: fp16 run failed: {res.message[-300:]}")
+            expected = self.values.get_many(batch)
+            old = compare_outputs(expected, res.outputs, OLD, names=batch)
+            new = self.rule.judge_comparison(compare_outputs(expected, res.outputs, OLD, names=batch), self.expected)
+            out.append((new, old))
+        return out
+
+    def case(self, planted: Model, tensor: str) -> dict[str, Any]:
+        """Judge a faulty target: outputs + the planted tensor first, every later tensor only if needed."""
+        first = [tensor, *[f for f in self.model.fetches if f != tensor]]
+        new, old = self._merge(self.judge_all(planted, first))
+        by_new = {m.name: m for m in new.tensors}
+        by_old = {m.name: m for m in old.tensors}
+        fetch_rel = [by_new[f].rel_l2 for f in self.model.fetches if f in by_new]
+        fetch_nonfinite = any(by_new[f].nonfinite_mismatch for f in self.model.fetches if f in by_new)
+        effect = math.inf if fetch_nonfinite else max((r or 0.0) for r in fetch_rel) / max(self.out_noise, 1e-12)
+        planted_new = not by_new[tensor].passed
+        out_new = any(not by_new[f].passed for f in self.model.fetches if f in by_new)
+        detect_new, right_new = planted_new or out_new, planted_new
+        if not detect_new:  # the run would judge every tensor: does any later one fail?
+            later = [t for t in self.order if self.position[t] > self.position[tensor] and t not in first]
+            if later:
+                detect_new = any(not c.passed for c, _ in self.judge_all(planted, later))
+        out_old = any(not by_old[f].passed for f in self.model.fetches if f in by_old)
+        before = [t for t in self.old_healthy_fail if self.position.get(t, 1 << 30) < self.position[tensor]]
+        right_old = out_old and not before and not by_old[tensor].passed
+        return {
+            "effect": effect,
+            "new": detect_new,
+            "new_right": right_new,
+            "old": out_old,
+            "old_right": right_old,
+            "planted_rel_l2": by_new[tensor].rel_l2,
+            "planted_bound": by_new[tensor].bound_rel_l2,
+        }
+
+    @staticmethod
+    def _merge(pairs: list[tuple[Comparison, Comparison]]) -> tuple[Comparison, Comparison]:
+        new, old = Comparison(), Comparison()
+        for a, b in pairs:
+            new.tensors += a.tensors
+            old.tensors += b.tensors
+        return new, old
+
+    def healthy(self, planted: Model | None) -> dict[str, Any]:
+        pairs = self.judge_all(planted, self.order) if planted is not None else self.healthy_pairs
+        new_fail = [m.name for c, _ in pairs for m in c.tensors if not m.passed]
+        ratios = [
+            m.rel_l2 / max(m.expected_rel_l2, 2.0**-12)
+            for c, _ in pairs
+            for m in c.tensors
+            if m.rel_l2 is not None and m.expected_rel_l2 is not None
+        ]
+        old_out = any(not m.passed for _, c in pairs for m in c.tensors if m.name in self.model.fetches)
+        return {
+            "new_false_alarm": bool(new_fail),
+            "new_failing": new_fail[:5],
+            "old_false_alarm": old_out,
+            "worst_ratio": max(ratios, default=0.0),
+        }
+
+    def close(self) -> None:
+        self.values.close()
+
+
+def pick_ops(judge: Judge, count: int) -> list[str]:
+    """`count` planted tensors spread evenly over depth: float outputs of rank >= 2 (first output of each op)."""
+    cands = []
+    for index, name in judge.model.data_tensors():
+        if name not in judge.values.index or name in judge.model.fetches:
+            continue
+        if judge.model.ops[index].data_outputs()[0] != name:
+            continue
+        arr = judge.values[name]
+        if arr.dtype == np.float32 and arr.ndim >= 2 and arr.size >= 16 and float(np.abs(arr).max()) > 0:
+            cands.append(name)
+    if len(cands) <= count:
+        return cands
+    return [cands[round(i * (len(cands) - 1) / (count - 1))] for i in range(count)] if count > 1 else cands[:1]
+
+
+# ---- the benchmark -------------------------------------------------------------------------------------------
+def run(models: list[str], ops_per_model: Callable[[str], int], factor: float, kinds: Sequence[str]) -> dict:
+    cache = Cache(results=False)
+    rows: list[dict[str, Any]] = []
+    healthy: list[dict[str, Any]] = []
+    timing: dict[str, float] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp,
+        EngineRunner("paddle", cache) as ref,
+        EngineRunner("fp16", cache) as emu,
+    ):
+        for name in models:
+            t0 = time.perf_counter()
+            judge = Judge(name, Path(tmp), ref, emu, factor)
+            for label, offset in (("fp16", 0.0), ("fp16 + rounding x0.7", 0.75), ("fp16 + rounding x2.7", 3.0)):
+                edits = rerounding_edits(judge.model, judge.values, offset) if offset else None
+                planted = insert_after(judge.model, edits) if edits else None
+                healthy.append({"model": name, "target": label, **judge.healthy(planted)})
+            for tensor in pick_ops(judge, ops_per_model(name)):
+                shape = tuple(judge.values[tensor].shape)
+                for kind in kinds:
+                    for size in SIZES if kind in SIZED_KINDS else (None,):
+                        edit = fault_edit(kind, size or 0.0, shape)
+                        if edit is None:
+                            continue
+                        planted = insert_after(judge.model, {tensor: edit})
+                        res = judge.case(planted, tensor)
+                        rows.append(
+                            {
+                                "model": name,
+                                "op": judge.producer[tensor],
+                                "op_type": judge.model.ops[judge.producer[tensor]].type,
+                                "kind": kind,
+                                "size": size,
+                                **res,
+                            }
+                        )
+            judge.close()
+            timing[name] = time.perf_counter() - t0
+            print(
+                f"  {name}: {sum(1 for r in rows if r['model'] == name)} fault cases, {timing[name]:.0f} s",
+                file=sys.stderr,
+            )
+    cache.close()
+    return {"factor": factor, "cases": rows, "healthy": healthy, "seconds": timing}
+
+
+def pct(num: int, den: int) -> str:
+    return f"{100.0 * num / den:5.1f}% ({num}/{den})" if den else "     -"
+
+
+def summarise(result: dict) -> str:
+    rows, healthy = result["cases"], result["healthy"]
+    lines = [f"precision model K = {result['factor']:g} vs old fixed tolerance (atol = rtol = 5e-2, atol x RMS)", ""]
+    lines.append(f"{'fault':<18} {'cases':>5}  {'detected: old':>20} {'new':>20}   {'right op: old':>20} {'new':>20}")
+
+    def line(label: str, sel: list[dict]) -> str:
+        n = len(sel)
+        return (
+            f"{label:<18} {n:>5}  {pct(sum(r['old'] for r in sel), n):>20} {pct(sum(r['new'] for r in sel), n):>20}"
+            f"   {pct(sum(r['old_right'] for r in sel), n):>20} {pct(sum(r['new_right'] for r in sel), n):>20}"
+        )
+
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        for size in dict.fromkeys(r["size"] for r in rows if r["kind"] == kind):
+            label = kind + (f" {round(size * 100)}%" if size else "")
+            lines.append(line(label, [r for r in rows if r["kind"] == kind and r["size"] == size]))
+    lines.append(line("all faults", rows))
+    lines.append("")
+    for lo, hi in ((0, 1), (1, 5), (5, math.inf)):
+        sel = [r for r in rows if lo <= r["effect"] < hi or (hi == math.inf and r["effect"] == math.inf)]
+        lines.append(line(f"effect {lo}-{hi if hi < math.inf else 'inf'}x", sel))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        lines.append(line(f"model {name}", [r for r in rows if r["model"] == name]))
+    lines.append("")
+    missed = [r for r in rows if r["effect"] >= 5 and not r["new_right"]]
+    lines.append(f"faults with effect >= 5x fp16 noise at the output not found at the right op: {len(missed)}")
+    for r in missed[:10]:
+        lines.append(f"  {r['model']} op {r['op']} {r['op_type']} {r['kind']} {r['size']}: effect {r['effect']:.3g}")
+    lines.append("")
+    lines.append(f"{'healthy target':<28} {'false alarm: old':>16} {'new':>6}  worst error / emulation error")
+    for h in healthy:
+        lines.append(
+            f"{h['model'] + ' ' + h['target']:<28} {h['old_false_alarm']!s:>16} {h['new_false_alarm']!s:>6}"
+            f"  {h['worst_ratio']:.2f}" + (f"  ({', '.join(h['new_failing'])})" if h["new_failing"] else "")
+        )
+    old_fa = sum(h["old_false_alarm"] for h in healthy)
+    new_fa = sum(h["new_false_alarm"] for h in healthy)
+    lines.append(f"false alarms on healthy runs: old {old_fa}/{len(healthy)}, new {new_fa}/{len(healthy)}")
+    lines.append("time per model: " + ", ".join(f"{k} {v:.0f} s" for k, v in result["seconds"].items()))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer ops per model and fault kinds (about 2 minutes)")
+    ap.add_argument("--factor", type=float, default=DEFAULT_FACTOR, help="K of the precision model")
+    ap.add_argument("--models", default=",".join(FIXTURES + REAL), help="comma-separated fixtures / det,rec,cls")
+    ap.add_argument("--json", type=Path, help="write every case here")
+    args = ap.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    if args.quick:
+        kinds = ("scale", "channels", "last_row", "nan")
+        per = lambda name: 2 if name in REAL else 3  # noqa: E731
+    else:
+        kinds = ("scale", "channels", "border", "last_row", "nan", "transpose")
+        per = lambda name: 6 if name in REAL else 8  # noqa: E731
+    result = run(models, per, args.factor, kinds)
+    print(summarise(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
