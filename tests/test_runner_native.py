@@ -616,6 +616,9 @@ class RealLite:
         self.abi_check = base / "build" / "abi_check"
         self.lite_so = (base / "build" / "lib" / "liblite_pybind.so").resolve()
         self.models: dict[str, tuple[Path, dict[str, np.ndarray]]] = {}  # name -> (.nb, feeds)
+        code = "import sysconfig as s; print(s.get_config_var('LIBDIR')); print('python' + s.get_config_var('VERSION'))"
+        lines = subprocess.run([str(self.python), "-c", code], capture_output=True, text=True, check=True).stdout
+        self.libpython_dir, self.libpython = lines.split()
 
     def run(self, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -702,7 +705,9 @@ def python_api_outputs(real: RealLite, tmp_path: Path, jobs: dict[str, list[str]
             }
             worker.stdin.write(json.dumps(request) + "\n")
             worker.stdin.flush()
-            reply = json.loads(worker.stdout.readline())
+            line = worker.stdout.readline()
+            assert line, f"the lite worker died on {name} (exit {worker.wait(timeout=60)})"
+            reply = json.loads(line)
             assert reply.get("ok"), (name, reply)
             version = reply["info"]["paddle_lite_version"]
             with np.load(tmp_path / f"{name}_out.npz", allow_pickle=False) as data:
@@ -903,31 +908,67 @@ def test_native_minimal_build_without_arm_and_opencl_api(tmp_path):
     assert info["opencl_valid"] is False and info["opencl_fp16_valid"] is False
 
 
-def test_cmakelists_builds_against_a_fake_prebuilt_library(tmp_path):
-    gxx, cmake = shutil.which("g++"), shutil.which("cmake")
-    if gxx is None or cmake is None:
-        pytest.skip("g++ or cmake not found")
+def test_cmakelists_builds_against_the_real_library(real_lite, tmp_path):
+    """The Android CMake project, on this host: PADDLE_LITE_DIR laid out like a prebuilt library's `cxx`
+    directory, with the wheel's lite.so as libpaddle_light_api_shared.so (plus the libpython it needs)."""
+    cmake = shutil.which("cmake")
+    _require(cmake is not None, "cmake not found")
     lite = tmp_path / "cxx"
     shutil.copytree(HOST_INCLUDE, lite / "include")
     (lite / "lib").mkdir()
-    lib = lite / "lib" / "libpaddle_light_api_shared.so"
-    subprocess.run(
-        [gxx, "-std=c++14", "-shared", "-fPIC", "-I", str(lite / "include"), str(STUB_SRC), "-o", str(lib)], check=True
+    (lite / "lib" / "libpaddle_light_api_shared.so").symlink_to(real_lite.lite_so)
+    # Appended after the library on the link line, so the linker keeps libpython for lite.so's references.
+    extra_libs = (
+        f"-L{real_lite.libpython_dir} -l{real_lite.libpython} -Wl,-rpath,{real_lite.libpython_dir} "
+        f"-Wl,-rpath-link,{real_lite.lite_so.parent / 'libs'}"
     )
     build = tmp_path / "build"
     for cmd in (
-        [cmake, "-S", str(RUNNER_SRC.parent), "-B", str(build), f"-DPADDLE_LITE_DIR={lite}"],
+        [
+            cmake,
+            "-S",
+            str(RUNNER_SRC.parent),
+            "-B",
+            str(build),
+            f"-DPADDLE_LITE_DIR={lite}",
+            f"-DCMAKE_CXX_STANDARD_LIBRARIES={extra_libs}",
+        ],
         [cmake, "--build", str(build)],
     ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = Runner("native", [str(build / "bisect_lite_runner")], {"LD_LIBRARY_PATH": str(lite / "lib")})
-    feeds = {"x": np.arange(4, dtype=np.int64) * 2**50}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    nb, feeds = real_lite.models["dtypes"]
     in_dir = write_inputs(tmp_path / "in", feeds)
-    proc = run("--model", run.model(tmp_path / "m.nb", ["x"]), "--inputs", in_dir, "--outputs", tmp_path / "out")
+    # lite.so's SONAME is liblite_pybind.so: the host build's lib/ has it under that name.
+    env = {**os.environ, "LD_LIBRARY_PATH": str(real_lite.base / "build" / "lib")}
+    proc = subprocess.run(
+        [
+            str(build / "bisect_lite_runner"),
+            "--model",
+            str(nb),
+            "--inputs",
+            str(in_dir),
+            "--outputs",
+            str(tmp_path / "a"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
-    assert same_bits(read_outputs(tmp_path / "out")["out_x"], feeds["x"])
+    assert real_lite.run("--model", nb, "--inputs", in_dir, "--outputs", tmp_path / "b").returncode == 0
+    cmake_outputs, host_outputs = read_outputs(tmp_path / "a"), read_outputs(tmp_path / "b")
+    assert list(cmake_outputs) == DTYPE_MODEL_FETCHES
+    for name in DTYPE_MODEL_FETCHES:
+        assert same_bits(cmake_outputs[name], host_outputs[name]), name
 
+
+def test_cmakelists_explains_missing_library(tmp_path):
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake not found")
     proc = subprocess.run(
         [cmake, "-S", str(RUNNER_SRC.parent), "-B", str(tmp_path / "b2")],
         capture_output=True,
@@ -936,6 +977,15 @@ def test_cmakelists_builds_against_a_fake_prebuilt_library(tmp_path):
         env={k: v for k, v in os.environ.items() if k != "PADDLE_LITE_DIR"},
     )
     assert proc.returncode != 0 and "PADDLE_LITE_DIR" in proc.stderr
+    (tmp_path / "cxx" / "include").mkdir(parents=True)
+    (tmp_path / "cxx" / "include" / "paddle_api.h").write_text("")
+    proc = subprocess.run(
+        [cmake, "-S", str(RUNNER_SRC.parent), "-B", str(tmp_path / "b3"), f"-DPADDLE_LITE_DIR={tmp_path / 'cxx'}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0 and "libpaddle_light_api_shared.so" in proc.stderr
 
 
 def test_build_script_explains_missing_environment(tmp_path):
