@@ -63,4 +63,6 @@ class RunProgress:
             text = f"cut {data['cut']}: {data['verdict']}"
             self.progress.update(self.task, total=total, advance=1, description=f"bisecting: {text}")
             detail = _error(data.get("worst_rel_l2")) or data.get("message", "")[:80]
-            self.console.print(f"probe cut {data['cut']:>4}  {data['verdict']:<5}  {detail}", highlight=False)
+            self.console.print(
+                f"probe cut {data['cut']:>4}  {data['verdict']:<5}  {detail}", highlight=False, markup=False
+            )
