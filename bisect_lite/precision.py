@@ -194,34 +194,7 @@ class PrecisionRule:
         b = self.bounds(e)
         if b is None:
             return metrics
-        structural = metrics.ref_shape != metrics.target_shape or metrics.ref_dtype.startswith(("int", "uint", "bool"))
-        if structural or metrics.nonfinite_mismatch:
-            return replace(
-                metrics,
-                judged_by="precision",
-                expected_rel_l2=e.rel_l2,
-                expected_max_abs=e.max_abs,
-                bound_rel_l2=b[0],
-                bound_max_abs=b[1],
-            )
-        over = []
-        if metrics.rel_l2 > b[0]:
-            over.append(
-                f"rel L2 {metrics.rel_l2:.3g} > {b[0]:.3g} (x{metrics.rel_l2 / max(e.rel_l2, L2_FLOOR):.3g} "
-                f"the fp16 emulation's {e.rel_l2:.3g})"
-            )
-        if metrics.max_abs > b[1]:
-            over.append(f"max abs {metrics.max_abs:.3g} > {b[1]:.3g} (emulation {e.max_abs:.3g})")
-        return replace(
-            metrics,
-            passed=not over,
-            reason=("beyond precision: " + "; ".join(over)) if over else "",
-            judged_by="precision",
-            expected_rel_l2=e.rel_l2,
-            expected_max_abs=e.max_abs,
-            bound_rel_l2=b[0],
-            bound_max_abs=b[1],
-        )
+        return within_bounds(metrics, b[0], b[1], e.rel_l2, e.max_abs)
 
     def judge_comparison(
         self, cmp: Comparison, expected: Mapping[str, ExpectedError], keep: Iterable[str] = ()
@@ -242,6 +215,58 @@ class PrecisionRule:
             "expected_from": f"`{EMULATION_SPEC}` emulation (fp16 storage, fp32 arithmetic) vs the reference",
             "rule": self.describe(),
         }
+
+
+def within_bounds(
+    metrics: TensorMetrics, bound_l2: float, bound_peak: float, expected_l2: float | None, expected_peak: float | None
+) -> TensorMetrics:
+    """A copy of `metrics` judged against these bounds. Shape, dtype and NaN/inf verdicts of the element rule stay
+    (an overflow or a wrong shape is a finding whatever the precision)."""
+    judged = replace(
+        metrics,
+        judged_by="precision",
+        expected_rel_l2=expected_l2,
+        expected_max_abs=expected_peak,
+        bound_rel_l2=bound_l2,
+        bound_max_abs=bound_peak,
+    )
+    structural = metrics.ref_shape != metrics.target_shape or not metrics.ref_dtype.startswith(("float", "bfloat"))
+    if structural or metrics.nonfinite_mismatch or metrics.rel_l2 is None or metrics.max_abs is None:
+        return judged
+    over = []
+    if metrics.rel_l2 > bound_l2:
+        noise = f" (fp16 emulation {expected_l2:.3g})" if expected_l2 is not None else ""
+        over.append(f"rel L2 {metrics.rel_l2:.3g} > {bound_l2:.3g}{noise}")
+    if metrics.max_abs > bound_peak:
+        noise = f" (fp16 emulation {expected_peak:.3g})" if expected_peak is not None else ""
+        over.append(f"max abs {metrics.max_abs:.3g} > {bound_peak:.3g}{noise}")
+    judged.passed = not over
+    judged.reason = ("beyond precision: " + "; ".join(over)) if over else ""
+    return judged
+
+
+def judge_with_recorded_bounds(cmp: Comparison, recorded: Iterable[Mapping[str, Any]]) -> Comparison:
+    """`verify`: a repro judged by the precision model when it was made is judged against the bounds it recorded
+    (repro.json metrics); other tensors keep the tolerance verdict."""
+    bounds = {
+        m["name"]: m
+        for m in recorded
+        if isinstance(m, Mapping) and m.get("judged_by") == "precision" and m.get("bound_rel_l2") is not None
+    }
+    if not bounds:
+        return cmp
+    tensors = []
+    for m in cmp.tensors:
+        b = bounds.get(m.name)
+        if b is None:
+            tensors.append(m)
+            continue
+        number = TensorMetrics.from_dict(b)
+        assert number.bound_rel_l2 is not None and number.bound_max_abs is not None
+        tensors.append(
+            within_bounds(m, number.bound_rel_l2, number.bound_max_abs, number.expected_rel_l2, number.expected_max_abs)
+        )
+    return Comparison(tensors, list(cmp.missing))
 
 
 def resolve_rule(
@@ -473,5 +498,3 @@ def deep_check(
             check.blame = min(producers.get(n, len(model.ops)) for n in cmp.failing)
             break
     return check
-
-

@@ -18,6 +18,7 @@ from bisect_lite.engines.spec import parse_spec
 from bisect_lite.errors import InputError
 from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import load_model
+from bisect_lite.precision import judge_with_recorded_bounds
 
 
 @dataclass
@@ -190,6 +191,8 @@ def verify_repros(
                 )
                 continue
             cmp = compare_outputs(expected, result.outputs, config, names=list(model.fetches))
+            if compare is None:  # judged as the run judged it: by the precision bounds recorded, if any
+                cmp = judge_with_recorded_bounds(cmp, facts.get("metrics") or [])
             worst = cmp.worst()
             message = "" if cmp.passed else (worst.reason if worst else "missing outputs: " + ", ".join(cmp.missing))
             results.append(

@@ -10,6 +10,8 @@ Faults (JSON list), each keyed by the tensor an op writes, so they follow the op
     {"kind": "crash", "tensor": T}      abort when the model computes T
     {"kind": "hang", "tensor": T}       never answer when the model computes T
     {"kind": "noise", "tensor": T, "amplitude": 1e-6}   different tiny noise on every run (non-deterministic)
+    {"kind": "fp16"}                    run under fp16 storage rounding (bisect_lite.engines.fp16), faults included:
+                                        a half-precision device with (or without) a kernel fault
 Usage: faulty_target.py serve SOCKET
        faulty_target.py run SOCKET FAULTS_FILE MODEL_DIR INPUTS OUTPUTS   (FAULTS_FILE: the JSON list)
 """
@@ -59,6 +61,8 @@ def server(sock_path: str) -> None:
 
     def planted(model_dir: str, faults: list[dict]) -> tuple[str | None, dict | None, list[dict]]:
         model = load_model(model_dir)
+        half = any(f["kind"] == "fp16" for f in faults)
+        faults = [f for f in faults if f["kind"] != "fp16"]
         active = []
         for f in faults:
             if f["tensor"] not in model.producers:
@@ -70,7 +74,7 @@ def server(sock_path: str) -> None:
             active.append(f)
         scale = [f for f in active if f["kind"] == "scale"]
         if not scale:
-            return model_dir, None, active
+            return (half_precision(model, f"{work}/{model.fingerprint}") if half else model_dir), None, active
         program = model.program
         block = program.blocks[0]
         ops = list(block.ops)
@@ -103,7 +107,15 @@ def server(sock_path: str) -> None:
         out = f"{work}/{model.fingerprint}-{abs(hash(json.dumps(scale, sort_keys=True)))}"
         if not os.path.exists(out):
             save_model(model, out)
-        return out, None, active
+        return (half_precision(model, out) if half else out), None, active
+
+    def half_precision(model, out: str) -> str:
+        from bisect_lite.engines.fp16 import fp16_model
+
+        out += "-fp16"
+        if not os.path.exists(out):
+            save_model(fp16_model(model)[0], out)
+        return out
 
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
