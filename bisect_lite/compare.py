@@ -495,8 +495,21 @@ def _stream(ref: np.ndarray, target: np.ndarray, acc: _Accumulator) -> _Numeric:
 
 
 def _compare_float(ref: np.ndarray, target: np.ndarray, tol: Tolerance, config: CompareConfig) -> _Numeric:
+    if _bit_identical_finite(ref, target):
+        # Every statistic of two identical finite tensors is known: no error, cosine 1 (1 when both are zero, as
+        # in _norm_stats). This pass is ~20x cheaper than streaming, and same-kernel targets return many such.
+        return _Numeric(max_abs=0.0, max_rel=0.0, mean_abs=0.0, rel_l2=0.0, cosine=1.0)
     acc = _Accumulator(tol, config.check_error_stat, config.allow_inf, ref.size)
     return _stream(ref, target, acc)
+
+
+def _bit_identical_finite(ref: np.ndarray, target: np.ndarray) -> bool:
+    """Same dtype, shape and bytes, and no NaN/inf (those have their own rules)."""
+    if ref.dtype != target.dtype or ref.shape != target.shape or ref.dtype.kind != "f":
+        return False
+    bits = np.dtype(f"u{ref.dtype.itemsize}")
+    r, t = np.ascontiguousarray(ref).reshape(-1).view(bits), np.ascontiguousarray(target).reshape(-1).view(bits)
+    return bool(np.array_equal(r, t)) and bool(np.isfinite(ref).all())
 
 
 def _compare_exact(ref: np.ndarray, target: np.ndarray, label: str) -> _Numeric:
