@@ -37,6 +37,7 @@ from bisect_lite.phases.confirm import confirm_failure
 from bisect_lite.phases.context import Events, RunContext
 from bisect_lite.phases.isolate import isolate_culprit
 from bisect_lite.phases.minimise import minimise_shapes
+from bisect_lite.phases.observe import search_runs
 from bisect_lite.phases.reference import compute_reference
 from bisect_lite.phases.search import placement_search, search_segment, segment_outcome, target_groups
 from bisect_lite.precision import EMULATION_SPEC, PrecisionRule, depth_curve, explain_within, resolve_rule
@@ -67,6 +68,9 @@ class RunOptions:
     force: bool = False  # replace the output of an earlier run in `out`
     # "bisect": cut the graph; "placement": keep it whole and move OpenCL ops back to the CPU (Paddle-Lite only)
     strategy: str = "bisect"
+    # "auto": several cuts per target run when the target's values do not depend on what it fetches
+    # (phases/observe.py), "multicut" forces it (e.g. a cmd: runner known to be so), "binary" never
+    search: str = "auto"
     # The precision model (bisect_lite.precision) judges half-precision targets unless tolerances were given.
     explicit_tolerance: bool = False  # --atol/--rtol given: the tolerance rule judges every tensor
     target_precision: str | None = None  # --target-precision fp16|fp32 (None: what the engine states)
@@ -150,9 +154,14 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         ctx.precision, ctx.emulation = rule, emulation
         report, found = _run(ctx)
         report["seconds"] = round(time.perf_counter() - t_start, 3)
-        report["engine_seconds"] = round(ref.engine_seconds + target.engine_seconds, 3)
+        # The precision model's fp16 emulation is an engine too: its runs are not bisect-lite's overhead.
+        engines = [ref, target, *([emulation] if emulation is not None else [])]
+        report["engine_seconds"] = round(sum(r.engine_seconds for r in engines), 3)
         report["target_runs"] = target.runs
         report["target_runs_by_phase"] = dict(target.runs_by_phase)
+        report["search_strategy"] = ctx.search_strategy
+        report["search_strategy_reason"] = ctx.search_strategy_reason
+        report["peak_rss_mb"] = peak_rss_mb(ref, target, emulation)
         report["reference_runs"] = ref.runs
         report["target_cache_hits"] = target.cache_hits
         write_outputs(ctx, report, found)
@@ -253,7 +262,8 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
         if outcome.status == Status.PASS:
             break
     report["probes"] = [p.to_dict() for p in ctx.probes]
-    report["search_probes"] = sum(1 for p in ctx.probes if p.segment in (0, -1))  # -1: placement probes
+    # Target runs of the search (a run observing several cuts counts once); -1: placement probes
+    report["search_probes"] = search_runs(ctx, 0) + search_runs(ctx, -1)
     return report, found
 
 
@@ -319,6 +329,20 @@ def _repro_name(found: list[tuple[dict[str, Any], dict[str, Any]]], culprit: dic
         if entry is culprit:
             return "repro" if i == 0 else f"repro-{i + 1}"
     return "no repro"
+
+
+def peak_rss_mb(*runners: EngineRunner | None) -> dict[str, float]:
+    """Peak resident memory of this process and of each engine's worker (MB); `children` is the largest child
+    process that has exited (cmd: runs, restarted workers), from getrusage."""
+    import resource
+
+    to_mb = 1 / (1 << 20)
+    peaks = {"bisect-lite": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * to_mb}
+    for role, runner in zip(("reference", "target", "emulation"), runners, strict=True):
+        if runner is not None and runner.peak_rss:
+            peaks[f"{role} worker"] = runner.peak_rss * to_mb
+    peaks["children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 * to_mb
+    return {k: round(v, 1) for k, v in peaks.items()}
 
 
 def _remove_tree(path: Path) -> None:

@@ -418,6 +418,14 @@ def run(
             "(Paddle-Lite OpenCL targets).",
         ),
     ] = "bisect",
+    search: Annotated[
+        str,
+        typer.Option(
+            "--search",
+            help="auto: observe several cuts per target run when the target allows it (default); multicut: "
+            "always (a cmd: runner whose results do not depend on what it fetches); binary: one cut per run.",
+        ),
+    ] = "auto",
     max_memory: Annotated[
         str, typer.Option("--max-memory", help="Memory budget for reference values, e.g. 2G.")
     ] = "1G",
@@ -459,6 +467,8 @@ def run(
     if precision_factor is not None and not precision_factor > 1:
         raise InputError(f"--precision-factor {precision_factor:g}: expected a number above 1")
     config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol, target_precision)
+    if search not in ("auto", "multicut", "binary"):
+        raise InputError(f"--search {search!r}: expected auto, multicut or binary")
     if strategy not in ("bisect", "placement"):
         raise InputError(f"--strategy {strategy!r}: expected bisect or placement")
     options = RunOptions(
@@ -481,6 +491,7 @@ def run(
         params=params,
         force=force,
         strategy=strategy,
+        search=search,
         explicit_tolerance=atol is not None or rtol is not None,
         target_precision=target_precision,
         precision_factor=precision_factor,
@@ -586,6 +597,7 @@ def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
         f"{report['search_probes']} search probes (log2 bound {report['expected_probes']}), "
         f"{report['target_runs']} target runs in all{cached}"
         + (f" ({by_phase})" if by_phase else "")
+        + (f", {report['search_strategy']} search" if report.get("search_strategy") else "")
         + f", {report['seconds']:.1f} s"
     )
     if verdict == "match":

@@ -58,6 +58,10 @@ class Engine:
     # Reuse results across runs. Off for engines whose results depend on state outside the spec and version
     # (a rebuilt device runtime, a user's program): a stale result there would hide or invent a fault.
     cache_results: ClassVar[bool] = True
+    # The values of a tensor do not depend on which other tensors a run fetches, so one run may observe several
+    # cut points (phases/observe.py). False for programs of unknown nature (cmd:), which `--search multicut`
+    # overrides; the multi-cut search confirms its answer with a plain probe either way.
+    fetch_invariant: ClassVar[bool] = False
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec

@@ -160,6 +160,7 @@ def _fetch_names_in_desc_order(model_dir: Path) -> list[str]:
 
 class OnnxRuntimeEngine(Engine):
     half_precision = False
+    fetch_invariant = True  # a tensor fetched for a cut is the cut's own output in a plain probe as well
     name = "onnxruntime"
     summary = "the model converted by paddle2onnx, run by ONNX Runtime CPU fp32 (an independent reference)"
     option_help = {

@@ -17,6 +17,7 @@ class PaddleEngine(Engine):
     option_help = {"threads": "CPU math threads (default 1)"}
     optimise = False
     half_precision = False
+    fetch_invariant = True  # exact mode: no fusion, every op runs its own kernel whatever is fetched
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -66,3 +67,4 @@ class PaddleOptEngine(PaddleEngine):
     name = "paddle-opt"
     summary = "Paddle Inference CPU with IR optimisation and oneDNN, as servers run it"
     optimise = True
+    fetch_invariant = False  # its fusion passes stop at fetched tensors: more fetches, other kernels

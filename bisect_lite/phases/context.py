@@ -99,6 +99,9 @@ class RunContext:
     precision: PrecisionRule | None = None
     expectations: dict[str, ExpectedError] = field(default_factory=dict)
     emulation: EngineRunner | None = None
+    search_strategy: str = "binary"  # how phase 3 searched (phases/observe.py): binary, multicut, or both
+    search_strategy_reason: str = ""
+    observation_runs: dict[int, int] = field(default_factory=dict)  # segment -> runs observing several cuts
 
     def segment_model(self, start: int, targets: list[str]) -> Model:
         """The model computing `targets` from op `start` on; tensors made before `start` are fed (reference)."""

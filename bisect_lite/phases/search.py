@@ -19,6 +19,7 @@ from bisect_lite.model.fusion import (
     placement_misses,
 )
 from bisect_lite.phases.context import STATUS_WORD, WORD_STATUS, Probe, RunContext
+from bisect_lite.phases.observe import locate
 from bisect_lite.search import ProbeOutcome, Status, bisect_first_failure, expected_probes
 
 
@@ -81,7 +82,7 @@ def search_segment(ctx: RunContext, start: int, whole: ProbeOutcome) -> dict[str
     ctx.events(
         "search", {"segment": start, "ops": n - start, "expected": expected_probes(len(cuts or range(n - start)))}
     )
-    result = bisect_first_failure(n - start, probe_at, failing=hunted, known=known, cuts=cuts)
+    result = locate(ctx, start, hunted, probe_at, known, cuts)
     ctx.notes.extend(result.contradictions)
     ctx.notes.extend(getattr(result, "notes", []) or [])
     if result.first_bad is None:
