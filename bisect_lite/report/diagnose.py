@@ -115,7 +115,7 @@ def diagnose(
         )
     depth = _depth_profile(depth_errors, culprit_index)
     if found is None:
-        found = _precision_or_bug(depth, isolated_rel_l2)
+        found = _precision_or_bug(depth, isolated_rel_l2, metrics)
     if found is None:
         found = _fallback(ref, target, tol, metrics, depth, isolated_rel_l2)
     return _finish(found)
@@ -524,11 +524,42 @@ def _depth_profile(depth_errors: Sequence[tuple[int, float]], culprit: int | Non
     return d
 
 
-def _precision_or_bug(depth: _Depth, isolated: float | None) -> Diagnosis | None:
+def _precision_or_bug(depth: _Depth, isolated: float | None, metrics: TensorMetrics | None = None) -> Diagnosis | None:
     iso = isolated if isolated is not None and math.isfinite(isolated) else None
     ev = {k: v for k, v in {**depth.evidence(), "isolated_rel_l2": iso}.items() if v is not None}
     if not depth.points:
         ev.pop("depth_points", None)
+    judged = _precision_judgement(metrics) if iso is not None else None
+    if judged is not None:
+        # The precision model measured what half precision costs this op alone: judge against that, not a constant.
+        expected, bound = judged
+        ev.update({"isolated_expected_rel_l2": expected, "isolated_bound_rel_l2": bound})
+        ev["isolated_x_expected"] = iso / max(expected, 2.0**-12)
+        within = bool(metrics is not None and metrics.passed)
+        jump = depth.culprit_jump if depth.culprit_jump is not None else depth.largest_step
+        if within:
+            summary = (
+                f"Precision accumulation, not a kernel bug: the op alone on reference inputs is off by rel L2 "
+                f"{iso:.3g}, within {bound:.3g} (its fp16 rounding alone gives {expected:.3g}); the error builds up "
+                "upstream" + (f" (largest step x{depth.largest_step:.3g}/op)" if depth.largest_step else "") + "."
+            )
+            return Diagnosis("precision_accumulation", summary, ev)
+        parts = [
+            f"the op alone on reference inputs is off by rel L2 {iso:.3g}, x{ev['isolated_x_expected']:.3g} the "
+            f"{expected:.3g} that fp16 rounding gives it (bound {bound:.3g})"
+        ]
+        if iso <= bound and metrics is not None and metrics.max_abs is not None and metrics.bound_max_abs:
+            parts[0] += (
+                f", and its max abs error {metrics.max_abs:.3g} exceeds the {metrics.bound_max_abs:.3g} half "
+                "precision allows (a fault on a few elements)"
+            )
+        if jump is not None and jump > JUMP_FACTOR:
+            before = depth.before if depth.culprit_jump is not None else None
+            parts.append(
+                f"the error jumps x{jump:.3g} at this op"
+                + (f" (rel L2 {before:.3g} -> {depth.after:.3g})" if before is not None else "")
+            )
+        return Diagnosis("kernel_bug", "Kernel bug: " + " and ".join(parts) + ".", {**ev, "jump_factor": jump})
     gradual = (
         depth.positive >= 3
         and depth.slope is not None
@@ -561,6 +592,15 @@ def _precision_or_bug(depth: _Depth, isolated: float | None) -> Diagnosis | None
         summary = "Kernel bug: " + " and ".join(parts) + "."
         return Diagnosis("kernel_bug", summary, {**ev, "jump_factor": jump})
     return None
+
+
+def _precision_judgement(metrics: TensorMetrics | None) -> tuple[float, float] | None:
+    """(expected rel L2, bound) when the precision model judged this tensor."""
+    if metrics is None or metrics.judged_by != "precision":
+        return None
+    if metrics.expected_rel_l2 is None or metrics.bound_rel_l2 is None:
+        return None
+    return float(metrics.expected_rel_l2), float(metrics.bound_rel_l2)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def server(sock_path: str) -> None:
             active.append(f)
         scale = [f for f in active if f["kind"] == "scale"]
         if not scale:
-            return (half_precision(model, f"{work}/{model.fingerprint}") if half else model_dir), None, active
+            return (half_precision(model_dir, f"{work}/{model.fingerprint}") if half else model_dir), None, active
         program = model.program
         block = program.blocks[0]
         ops = list(block.ops)
@@ -107,14 +107,14 @@ def server(sock_path: str) -> None:
         out = f"{work}/{model.fingerprint}-{abs(hash(json.dumps(scale, sort_keys=True)))}"
         if not os.path.exists(out):
             save_model(model, out)
-        return (half_precision(model, out) if half else out), None, active
+        return (half_precision(out, out) if half else out), None, active
 
-    def half_precision(model, out: str) -> str:
+    def half_precision(source: str, out: str) -> str:
         from bisect_lite.engines.fp16 import fp16_model
 
         out += "-fp16"
-        if not os.path.exists(out):
-            save_model(fp16_model(model)[0], out)
+        if not os.path.exists(out):  # reloaded: the planted program was edited under the loaded model's views
+            save_model(fp16_model(load_model(source))[0], out)
         return out
 
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
