@@ -502,10 +502,10 @@ def run(
     try:
         with RunProgress(err, enabled=not as_json) as progress:
             report = run_bisect(model, options, progress.event)
-    except KeyboardInterrupt as exc:
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        sys.stderr.write(f"{what}; continue with: bisect-lite run {model} --out {out_dir} --resume\n")
-        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+    except (KeyboardInterrupt, Stopped) as exc:
+        stop = exc if isinstance(exc, Stopped) else Stopped(signal.SIGINT)
+        sys.stderr.write(f"{stop.word}; continue with: bisect-lite run {model} --out {out_dir} --resume\n")
+        raise typer.Exit(stop.exit_code) from None
     if as_json:
         _print_json(report)
     else:
@@ -706,12 +706,25 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so that every `finally` runs and no engine process outlives bisect-lite."""
+class Stopped(BaseException):
+    """SIGINT or SIGTERM, raised where the main thread is so that every `finally` runs (engine processes are
+    stopped). A BaseException of our own: typer would turn a KeyboardInterrupt into a silent exit 130."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def word(self) -> str:
+        return "terminated" if self.signum == signal.SIGTERM else "interrupted"
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Stopped(signum)
 
 
 def _os_error(exc: OSError) -> tuple[str, int]:
@@ -736,7 +749,7 @@ def _os_error(exc: OSError) -> tuple[str, int]:
 def main() -> None:
     from bisect_lite.engines.worker import kill_all_children
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    handlers = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     verbose = "-v" in sys.argv or "--verbose" in sys.argv
     try:
         # Without standalone mode click returns a command's exit code instead of raising SystemExit.
@@ -744,9 +757,9 @@ def main() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except BisectLiteError as exc:
         _fail(str(exc), exc.exit_code)
-    except Terminated:
-        sys.stderr.write("terminated\n")
-        sys.exit(143)
+    except Stopped as exc:
+        sys.stderr.write(f"{exc.word}\n")
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -759,10 +772,9 @@ def main() -> None:
     except Exception as exc:  # typer's (vendored click's) usage errors: one line, exit 2
         if type(exc).__name__ == "Exit":
             sys.exit(getattr(exc, "exit_code", 0))
-        if type(exc).__name__ == "Abort":  # click's wrapper of a KeyboardInterrupt (or our SIGTERM)
-            terminated = isinstance(exc.__cause__ or exc.__context__, Terminated)
-            sys.stderr.write("terminated\n" if terminated else "interrupted\n")
-            sys.exit(143 if terminated else 130)
+        if type(exc).__name__ == "Abort":  # click's wrapper of an EOF on a prompt
+            sys.stderr.write("aborted\n")
+            sys.exit(130)
         if hasattr(exc, "format_message"):
             hint = f" (see `bisect-lite {exc.ctx.info_name} --help`)" if getattr(exc, "ctx", None) else ""
             _fail(f"{exc.format_message()}{hint}", 2)
@@ -777,3 +789,5 @@ def main() -> None:
         )
     finally:
         kill_all_children()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
