@@ -7,6 +7,7 @@ that cannot run even one op of the model is a setup problem (exit 3), not a cras
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -15,6 +16,7 @@ from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable, InputError
 from bisect_lite.model import Model, extract
 
+_ERROR_WORDS = re.compile(r"error|check failed|failed|unsupported|exception|not found|no such", re.I)
 SETUP_PROBES = 3  # distinct op types tried alone before the target is declared unable to run anything
 
 
@@ -83,8 +85,8 @@ def check_target_runs(
         types = ", ".join(t for t, _ in failures)
         message = one_line(failures[0][1]) or "no message"
         raise EngineUnavailable(
-            f"the target {target.spec} fails even on single ops of this model ({types}, each alone): {message} "
-            "-- a setup problem, not a fault of the model; nothing was blamed"
+            f"the target {target.spec} fails on every op of this model tried alone ({types}): {message} -- it "
+            "cannot run here (a setup problem, or no op of this model it supports); nothing was blamed"
         )
 
 
@@ -119,7 +121,11 @@ def _count(array: np.ndarray) -> tuple[int, int] | None:
 
 
 def one_line(text: str) -> str:
-    """The last non-empty line of an engine's message (where its error is), at most 300 characters."""
+    """An engine's message on one line: its first line (what happened, e.g. "worker died (SIGABRT)") and the first
+    later line that states an error (the engine's own words), at most 300 characters."""
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    line = lines[-1] if lines else ""
+    if not lines:
+        return ""
+    said = next((ln for ln in lines[1:] if _ERROR_WORDS.search(ln)), None)
+    line = f"{lines[0]} {said}" if said else lines[0]
     return line if len(line) <= 300 else line[:299] + "…"

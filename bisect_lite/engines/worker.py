@@ -189,13 +189,19 @@ class Worker:
         except BrokenPipeError:
             pass
         msg = self._read_message(timeout)
+        stage = "run"
+        while msg is not None and "ok" not in msg and "stage" in msg:  # the worker says what it is doing
+            stage = msg["stage"]
+            msg = self._read_message(max(timeout - (time.perf_counter() - start), 0.0))
         seconds = time.perf_counter() - start
         self._echo_log()
         if msg is None:
             # End of file before the deadline is a death, even if the process is not reapable yet.
             timed_out = seconds >= timeout and self.proc is not None and self.proc.poll() is None
             reason = f"no answer within {timeout:g} s" if timed_out else self._death_reason("died")
-            result = RunResult("timeout" if timed_out else "crash", seconds=seconds, message=reason)
+            # info["stage"] == "load": it died preparing (converting) the model and never ran it.
+            info = {"stage": stage} if stage == "load" else {}
+            result = RunResult("timeout" if timed_out else "crash", seconds=seconds, message=reason, info=info)
             self.stop()  # restarted lazily by the next run
             return result
         if not msg.get("ok"):
@@ -282,10 +288,12 @@ def serve(spec_text: str) -> None:
             t0 = time.perf_counter()
             key = req["model_dir"]
             if key not in loaded:
+                send({"stage": "load"})  # a death from here on happened preparing the model, not running it
                 # One model at a time: a loaded predictor keeps its activation buffers, and runs of the same
                 # model come back to back (determinism checks), so a larger cache only multiplies the peak.
                 loaded.clear()
                 loaded[key] = engine.load(Path(req["model_dir"]), Path(req["work_dir"]))
+                send({"stage": "run"})
             loaded.move_to_end(key)
             stage = "run"
             t1 = time.perf_counter()
