@@ -543,17 +543,11 @@ DTYPE_MODEL_FETCHES = ["top", "picked", "kk", "k2", "ids2", "prob"]
 
 
 def _real_lite_env():
-    """The provisioned real Paddle-Lite environment (`.python`, `.opt`), or None."""
+    """The provisioned real Paddle-Lite (`bisect-lite setup lite`, or $BISECT_LITE_LITE_ENV), or None."""
     try:
         from bisect_lite.lite_env import find_lite_env
     except ImportError:
-        # Until bisect_lite.lite_env lands: the scratch environment provisioned on the dev machine.
-        python = Path("/tmp/lite310/bin/python")
-        if not python.exists():
-            return None
-        from types import SimpleNamespace
-
-        return SimpleNamespace(python=python, opt=python.parent / "paddle_lite_opt")
+        return None
     return find_lite_env()
 
 
@@ -637,22 +631,24 @@ class RealLite:
 
 
 @pytest.fixture(scope="module")
-def real_lite(tmp_path_factory, paddle) -> RealLite:
+def real_lite(tmp_path_factory, request) -> RealLite:
     from conftest import FIXTURES, load_fixture_inputs
 
     env = _real_lite_env()
-    _require(env is not None, "real Paddle-Lite (the paddlelite wheel, CPython <= 3.10) is not provisioned")
+    _require(env is not None, "real Paddle-Lite is not provisioned (run `bisect-lite setup lite`)")
     _require(shutil.which("g++") is not None, "g++ not found: cannot build the runner against the real library")
     real = RealLite(env, tmp_path_factory.mktemp("real_lite"))
     build = real.build(real.base / "build")  # compiles while the models convert
     try:
         sources = {"dtypes": real.base / "dtypes"}
-        feeds = {"dtypes": _build_dtype_model(paddle, sources["dtypes"])}
+        # paddle is imported (about a second) only once real Paddle-Lite is known to be there.
+        feeds = {"dtypes": _build_dtype_model(request.getfixturevalue("paddle"), sources["dtypes"])}
         for name in REAL_MODEL_FIXTURES:
             sources[name], feeds[name] = FIXTURES / name, load_fixture_inputs(name)
         for name, src in sources.items():
             proc = subprocess.run(
                 [
+                    str(env.python),  # opt is a Python script of the environment
                     str(env.opt),
                     f"--model_file={src / 'model.pdmodel'}",
                     f"--param_file={src / 'model.pdiparams'}",
