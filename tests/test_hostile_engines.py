@@ -33,6 +33,8 @@ with open("seen.json", "w") as f:  # relative on purpose: lands in the working d
 fetches = json.load(open(io_file))["fetches"]
 if mode == "ok":
     np.savez(outputs, **{name: np.zeros(1, np.float32) for name in fetches})
+elif mode == "huge":
+    np.savez(outputs, **{name: np.zeros(1 << 24, np.float32) for name in fetches})
 elif mode == "devzero":
     os.symlink("/dev/zero", outputs)
 elif mode == "fifo":
@@ -93,6 +95,16 @@ def test_hostile_outputs_are_crash_verdicts_not_errors(runner_script, monkeypatc
     with EngineRunner(spec(mode), timeout=30) as runner:
         result = runner.run(model, feeds)
     assert result.status == "crash" and why in result.message, result.message
+
+
+def test_oversized_outputs_are_refused_before_loading(runner_script, monkeypatch):
+    """An answer far larger than the fetches declare (here 64 MiB for a few KB) is a crash verdict."""
+    monkeypatch.chdir(runner_script.parent)
+    model = load_model(MODEL)
+    feeds = {n: np.zeros([max(d, 1) for d in model.vars[n].shape], model.vars[n].dtype) for n in model.feeds}
+    with EngineRunner(spec("huge"), timeout=60) as runner:
+        result = runner.run(model, feeds)
+    assert result.status == "crash" and "cap" in result.message, result.message
 
 
 def test_outputs_beyond_the_byte_cap_are_refused_before_loading(tmp_path):

@@ -33,6 +33,32 @@ class BadOutputs(Exception):
     pass
 
 
+def _declared_count(model: Model, name: str) -> int | None:
+    var = model.vars.get(name)
+    if var is None or var.shape is None or any(d < 0 for d in var.shape):
+        return None
+    count = 1
+    for d in var.shape:
+        count *= d
+    return count
+
+
+def output_bound(model: Model, inputs: Mapping[str, np.ndarray]) -> int:
+    """The most bytes a healthy engine can return for `model`: what its fetches declare when every dim is static,
+    scaled by how much larger the actual inputs are than declared, with generous slack (wider dtypes, stale
+    declared shapes); else the global cap. A 3 GB answer to a 1 MB question is refused before it is read."""
+    declared = [_declared_count(model, name) for name in model.fetches]
+    if any(c is None for c in declared):
+        return MAX_OUTPUT_BYTES
+    scale = 1.0
+    for name, array in inputs.items():
+        count = _declared_count(model, name)
+        if count:
+            scale = max(scale, array.size / count)
+    total = sum(c or 0 for c in declared) * 8  # 8: the widest dtype an engine may return (float64/int64)
+    return int(min(MAX_OUTPUT_BYTES, 16 * total * scale + (64 << 20)))
+
+
 def check_outputs_file(path: Path, fetches: list[str], limit: int | None = None) -> dict[str, int]:
     """Validate an engine's outputs .npz without loading it; return {name: CRC-32} of its arrays.
 
@@ -148,7 +174,7 @@ class EngineRunner:
         self.runs_by_phase[self.phase] = self.runs_by_phase.get(self.phase, 0) + 1
         self.engine_seconds += result.seconds
         if result.ok:
-            result = self._collect(job, result, load=load or keep is None)
+            result = self._collect(job, result, load=load or keep is None, limit=output_bound(model, inputs))
             if result.ok and result.outputs and self.engine.cache_results:
                 self.cache.put_result(key, result.outputs)
             if result.ok and keep is not None:
@@ -169,14 +195,14 @@ class EngineRunner:
             raise EngineUnavailable(f"engine {self.engine.spec} cannot start: {exc}") from None
 
     @staticmethod
-    def _collect(job: Job, result: RunResult, load: bool = True) -> RunResult:
+    def _collect(job: Job, result: RunResult, load: bool = True, limit: int | None = None) -> RunResult:
         """Check the outputs file holds every fetch; load the arrays, or (load=False) only their CRC-32s from the
         zip directory, which is enough to compare two runs bit for bit without reading the data.
 
         The file is the engine's word, not ours: it must be a regular file within the byte cap, and every array's
         header must agree with its stored size before anything is allocated (a header may claim 4 TiB)."""
         try:
-            digests = check_outputs_file(job.outputs_file, job.fetches)
+            digests = check_outputs_file(job.outputs_file, job.fetches, limit)
             outputs: dict[str, np.ndarray] = {}
             if load:
                 with np.load(job.outputs_file, allow_pickle=False) as data:
