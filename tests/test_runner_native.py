@@ -605,6 +605,7 @@ def _build_dtype_model(paddle, model_dir: Path) -> dict[str, np.ndarray]:
 class RealLite:
     def __init__(self, env, base: Path) -> None:
         self.python = Path(env.python)
+        self.site_packages = Path(env.site_packages)
         self.base = base
         self.runner = base / "build" / "bisect_lite_runner"
         self.abi_check = base / "build" / "abi_check"
@@ -748,6 +749,34 @@ def test_real_runner_bit_exact_against_python_api(real_lite, tmp_path):
     # Not vacuous: the outputs depend on every feed (the int32 one too).
     assert runner_outputs["dtypes"]["k2"].tolist() == (2 * real_lite.models["dtypes"][1]["k"]).tolist()
     assert runner_outputs["dtypes"]["ids2"].tolist() == [2, 0, 2]
+
+
+def test_sim_runner_on_the_real_library_matches_the_native_runner(real_lite, tmp_path):
+    """tests/sim/bin/bisect_lite_runner (used behind the stand-in adb) on the real paddlelite.lite, not the
+    simulator: same names, dtypes and bytes as the C++ runner, and the same info fields."""
+    nb, feeds = real_lite.models["dtypes"]
+    in_dir = write_inputs(tmp_path / "in", feeds)
+    native = real_lite.run("--model", nb, "--inputs", in_dir, "--outputs", tmp_path / "native", "--runs", "2")
+    assert native.returncode == 0, native.stderr
+    args = ["--model", nb, "--inputs", in_dir, "--outputs", tmp_path / "sim", "--runs", "2"]
+    sim = subprocess.run(
+        [real_lite.python, SIM_RUNNER, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BISECT_LITE_SIM_DIR": str(real_lite.site_packages)},
+        timeout=120,
+        check=False,
+    )
+    assert sim.returncode == 0, sim.stderr
+    for sub in ("", "run0"):
+        a, b = read_outputs(tmp_path / "native" / sub), read_outputs(tmp_path / "sim" / sub)
+        assert list(a) == list(b) == DTYPE_MODEL_FETCHES
+        for name in a:
+            assert same_bits(a[name], b[name]), (sub, name)
+    info_native = json.loads((tmp_path / "native" / "info.json").read_text())
+    info_sim = json.loads((tmp_path / "sim" / "info.json").read_text())
+    for key in ("paddle_lite_version", "precision", "opencl_valid", "opencl_fp16_valid", "runner_version"):
+        assert info_native[key] == info_sim[key], key
 
 
 def test_real_header_matches_library_abi(real_lite):
