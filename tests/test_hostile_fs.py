@@ -213,3 +213,18 @@ def test_claimed_out_dir_is_locked_and_marked(tmp_path):
         assert first.path == out
     with claim_output_dir(out, force=True):  # free again: replaced
         assert not (out / "journal.jsonl").exists()
+
+
+def test_unusable_cache_is_an_environment_error(user, capsys, monkeypatch):
+    """A cache that cannot be created is exit 3 (the environment), one line, nothing of the user's touched."""
+    monkeypatch.setenv("BISECT_LITE_CACHE", "/proc/bisect-lite-cache")
+    model = user / "models" / "resnet"
+    before = snapshot(user)
+    for args in (
+        ["compare", str(model), "--ref", "paddle", "--target", "fp16"],
+        ["run", str(model), "--ref", "paddle", "--target", "fp16", "--out", str(user / "o")],
+    ):
+        code, _, err = run_cli(args, capsys)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 3 and len(lines) == 1 and "BISECT_LITE_CACHE" in lines[0], err
+    assert snapshot(user) == {**before, **{k: v for k, v in snapshot(user).items() if k.startswith("o")}}
