@@ -156,6 +156,15 @@ def test_verify_never_runs_a_recorded_command(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "recorded",
+    ["lite:arm,python=/tmp/evil", "lite:opencl,ssh=someone@example.org", "lite:opencl,adb,device_dir=/sdcard"],
+)
+def test_verify_refuses_recorded_programs_hosts_and_device_dirs(tmp_path, capsys, recorded):
+    repro = make_repro(tmp_path / "r", recorded)
+    refused(*run_cli(["verify", str(repro)], capsys)[::2], "does not run a recorded command")
+
+
+@pytest.mark.parametrize(
     "facts",
     ["{not json", "[]", json.dumps({"op": {"type": "relu"}}), json.dumps({"target": {"engine": 5}})],
 )

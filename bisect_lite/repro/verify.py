@@ -115,13 +115,22 @@ def read_facts(repro: Path) -> dict[str, Any]:
     return facts
 
 
+# Engine options that name a program to run, a host to connect to, or a directory to remove on a device: from a
+# shared repro they are a stranger's command (lite:arm,python=/tmp/x runs /tmp/x).
+COMMAND_OPTIONS = ("python", "opt", "ssh", "runner", "libs", "device_dir")
+
+
 def recorded_command_refusal(repro: Path, spec: str) -> str | None:
-    """Why a repro's recorded engine is not run: a cmd: template is a command line written by whoever made the repro."""
-    if parse_spec(spec).name != "cmd":
+    """Why a repro's recorded engine is not run: a cmd: template (or a program path, host or device directory in
+    the options) was written by whoever made the repro."""
+    parsed = parse_spec(spec)
+    named = [key for key in COMMAND_OPTIONS if parsed.option(key) is not None]
+    if parsed.name != "cmd" and not named:
         return None
+    what = "the command engine" if parsed.name == "cmd" else f"an engine with {', '.join(k + '=' for k in named)}"
     return (
-        f"{repro}: the repro records the command engine {spec!r}; bisect-lite does not run a recorded command: name "
-        "the engine with --target (or pass --trust-recorded-command if you wrote this repro)"
+        f"{repro}: the repro records {what} {spec!r}; bisect-lite does not run a recorded command: name the engine "
+        "with --target (or pass --trust-recorded-command if you wrote this repro)"
     )
 
 
