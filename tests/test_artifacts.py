@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -293,3 +294,61 @@ def test_minimise_crops_broadcast_partners_together(monkeypatch):
     h, w = xs.shape[2:]
     np.testing.assert_array_equal(best["expected"][out_name], (x * y)[:, :16, :h, :w])
     assert best["model"].vars[out_name].shape == best["expected"][out_name].shape
+
+
+# ---- an engine that cannot convert the model -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def unconvertible(paddle, tmp_path_factory) -> Path:
+    """reshape -> determinant -> scale: paddle2onnx 2.1 has no converter for determinant (it aborts)."""
+    directory = tmp_path_factory.mktemp("det")
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        x = paddle.static.data("x", [1, 8], "float32")
+        y = paddle.linalg.det(paddle.reshape(x[:, :4], [1, 2, 2])) * 2.0
+    exe = paddle.static.Executor()
+    exe.run(startup)
+    paddle.static.save_inference_model(str(directory / "model"), [x], [y], exe, program=main)
+    (directory / "model.pdiparams").touch()  # no parameters: the loader wants the file all the same
+    return directory
+
+
+def test_a_model_the_converter_cannot_take(unconvertible, tmp_path, capsys):
+    code, out, err = run_cli(
+        [
+            "compare",
+            str(unconvertible),
+            "--ref",
+            "paddle",
+            "--target",
+            "onnxruntime",
+            "--save-inputs",
+            str(tmp_path / "in.npz"),
+        ],
+        capsys,
+    )
+    assert code == 3 and "CRASH" not in out, (out, err)
+    assert err.startswith("error: engine onnxruntime cannot run this model") and err.count("\n") == 1
+    assert "unsupported operators" in err  # the converter's own words, not a signal dump
+    # run hunts the op the converter lacks (other ops convert) and files the issue with the converter.
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(
+        [
+            "run",
+            str(unconvertible),
+            "--ref",
+            "paddle",
+            "--target",
+            "onnxruntime",
+            "--out",
+            str(out_dir),
+            "--no-minimise",
+        ],
+        capsys,
+    )
+    assert code == 1, (out, err)
+    report = json.loads((out_dir / "report.json").read_text())
+    assert [c["type"] for c in report["culprits"]] == ["determinant"]
+    issue = (out_dir / "repro" / "ISSUE.md").read_text()
+    assert issue.startswith("# [paddle2onnx] determinant cannot be converted to ONNX")
+    assert "Where to file: PaddlePaddle/Paddle2ONNX" in issue and "paddle2onnx.export(" in issue
+    assert json.loads((out_dir / "repro" / "repro.json").read_text())["failed_while"] == "loading"

@@ -41,6 +41,7 @@ def isolate(
         "comparison": cmp,
         "status": STATUS_WORD[outcome.status],
         "message": tgt.message,
+        "stage": tgt.info.get("stage"),  # "load": the target never ran the ops (e.g. a conversion failed)
         "ops": list(ops),
     }
 

@@ -59,6 +59,7 @@ def repro_facts(
         "metrics": [m.to_dict() for m in cmp.tensors] if cmp else [],
         "diagnosis": entry["diagnosis"],
         "message": found.get("message", ""),
+        "failed_while": "loading" if found.get("stage") == "load" else "running",
         "source": {"model": str(source.source), "op_index": culprit.index, "ops": len(source.ops)},
         "inputs": {
             n: {"shape": list(found["inputs"][n].shape), "dtype": str(found["inputs"][n].dtype)} for n in sub.feeds

@@ -72,7 +72,8 @@ def engine_family(repro: Mapping[str, Any]) -> Family:
             _fp16_snippet,
         )
     if name == "onnxruntime":
-        converting = "paddle2onnx" in str(repro.get("message") or "") and repro.get("status") == "crash"
+        loading = repro.get("failed_while") == "loading" or "paddle2onnx" in str(repro.get("message") or "")
+        converting = loading and repro.get("status") == "crash"
         if converting:
             return Family(
                 "paddle2onnx", "paddle2onnx", "PaddlePaddle/Paddle2ONNX", "paddlepaddle + paddle2onnx", _p2o_snippet
@@ -165,7 +166,7 @@ def _summary(
     where = f"op #{index} of {src.get('ops', '?')} in `{src.get('model', '?')}`"
     on = f"{tgt}" + (f" ({precision})" if precision and precision != tgt else "")
     if family.key == "paddle2onnx":
-        text = f"paddle2onnx cannot convert `{op_type}` ({where}) to ONNX; Paddle Inference ({ref}) runs it."
+        text = f"paddle2onnx cannot convert `{op_type}` ({where}) to ONNX; {ref} runs it."
     elif crash:
         text = f"`{op_type}` ({where}) crashes on {on}; the same op runs on {ref}."
     else:
