@@ -576,7 +576,7 @@ def parse_size(text: str) -> int:
     try:
         unit = t[-1] if t and t[-1] in units else ""
         value = float(t[: len(t) - len(unit)])
-        if value <= 0:
+        if not math.isfinite(value) or value <= 0:
             raise ValueError
         return int(value * units[unit])
     except (ValueError, IndexError):

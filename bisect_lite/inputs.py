@@ -75,6 +75,12 @@ def generate_inputs(
     for name in model.feeds:
         var = model.vars[name]
         shape = tuple(shapes.get(name, var.shape or ()))
+        declared = var.shape
+        if name in shapes and declared is not None and len(declared) != len(shape):
+            # A rank the program cannot take fails in every engine run, and would be blamed on the first op.
+            raise InputError(
+                f"--shape {name}={','.join(map(str, shape))}: the model declares {len(declared)} dims {list(declared)}"
+            )
         if any(d < 0 for d in shape):
             if name not in shapes and sum(d < 0 for d in shape) == 1 and shape and shape[0] < 0:
                 shape = (1, *shape[1:])  # a dynamic batch dim: use 1

@@ -157,9 +157,11 @@ def test_bad_inputs_files(tmp_path, capsys):
         ["--shape", "image=100000,100000,100000,3"],
         ["--shape", "image=1,3,99999999999,2"],
         ["--shape", "image=0,3"],
+        ["--shape", "image=1,3,32"],
         ["--shape", "nosuch=1,2"],
         ["--int-range", "5,1"],
         ["--max-memory", "-1G"],
+        ["--max-memory", "infG"],
         ["--atol", "nan"],
     ],
 )
