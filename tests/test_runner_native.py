@@ -779,6 +779,37 @@ def test_sim_runner_on_the_real_library_matches_the_native_runner(real_lite, tmp
         assert info_native[key] == info_sim[key], key
 
 
+def test_engine_adb_transport_with_the_real_runner(real_lite, tmp_path, monkeypatch):
+    """bisect-lite's `lite:x86,adb` engine driving the real runner through the stand-in adb gives the same bytes as
+    `lite:x86` (the Python API worker): the whole phone path except the NDK, adb itself and ARM/OpenCL kernels."""
+    from bisect_lite.engines.runner import EngineRunner
+    from bisect_lite.model import load_model
+
+    tools = tmp_path / "tools"  # the stand-in adb only: opt must stay the real one
+    tools.mkdir()
+    (tools / "adb").symlink_to(ADB)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tools), str(Path(sys.executable).parent), os.environ["PATH"]]))
+    monkeypatch.setenv("ADB_SIM_ROOT", str(tmp_path / "phone"))
+    libs = tmp_path / "libs"  # what build.sh puts next to the runner; the host runner finds lite.so by rpath
+    libs.mkdir()
+    (libs / "libpaddle_light_api_shared.so").symlink_to(real_lite.lite_so)
+    adb_spec = f"lite:x86,adb,runner={real_lite.runner},libs={libs},device_dir={DEVICE_DIR}"
+    models = {"dtypes": real_lite.base / "dtypes", "transformer": ROOT / "fixtures" / "transformer"}
+    with EngineRunner("lite:x86") as local, EngineRunner(adb_spec) as phone:
+        for name, directory in models.items():
+            model, feeds = load_model(directory), real_lite.models[name][1]
+            want, got = local.run(model, feeds), phone.run(model, feeds)
+            assert want.status == "ok" and got.status == "ok", (name, want.message, got.message)
+            assert list(got.outputs) == list(want.outputs) and got.outputs, name
+            for out in want.outputs:
+                assert same_bits(got.outputs[out], want.outputs[out]), (name, out)
+        facts = phone.facts()
+    assert facts["transport"] == "adb" and facts["opencl_valid"] is False
+    assert facts["paddle_lite_version"] == facts["opt_version"]
+    device = tmp_path / "phone" / DEVICE_DIR.lstrip("/")
+    assert not [p for p in device.iterdir() if p.name.startswith("run-")]
+
+
 def test_real_header_matches_library_abi(real_lite):
     nb = real_lite.models["dtypes"][0]
     proc = subprocess.run([str(real_lite.abi_check), str(nb)], capture_output=True, text=True, timeout=120, check=False)
