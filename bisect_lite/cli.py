@@ -360,6 +360,13 @@ def _fmt(value: Any) -> str:
     return f"{value:.3g}"
 
 
+def _err(m: dict[str, Any], key: str) -> str:
+    """An error statistic; "inf" where it is missing because the target made NaN/Inf the reference did not."""
+    if m.get(key) is None and any((m.get(f"{k}_target") or 0) > (m.get(f"{k}_ref") or 0) for k in ("nan", "inf")):
+        return "inf"
+    return _fmt(m.get(key))
+
+
 def _print_comparison(cmp: dict[str, Any]) -> None:
     table = Table()
     for col in ("tensor", "shape", "max abs", "max rel", "rel L2", "cosine", "mismatch", "NaN/Inf t", "verdict"):
@@ -368,9 +375,9 @@ def _print_comparison(cmp: dict[str, Any]) -> None:
         table.add_row(
             m["name"],
             "x".join(map(str, m["target_shape"])),
-            _fmt(m["max_abs"]),
-            _fmt(m["max_rel"]),
-            _fmt(m["rel_l2"]),
+            _err(m, "max_abs"),
+            _err(m, "max_rel"),
+            _err(m, "rel_l2"),
             _fmt(m["cosine"]),
             f"{100 * (_num(m['mismatch_fraction'])):.1f}%",
             f"{m['nan_target']}/{m['inf_target']}",
