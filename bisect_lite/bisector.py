@@ -79,9 +79,11 @@ class RunOptions:
 
 
 # ---- the job ----------------------------------------------------------------------------------------------------
-def prepare_out_dir(out: Path, model: Model, resume: bool, force: bool = False) -> OutputDir:
+def prepare_out_dir(
+    out: Path, model: Model, resume: bool, force: bool = False, params: Path | None = None
+) -> OutputDir:
     """The output-path policy of fsutil; the returned claim holds the directory's lock until closed."""
-    return claim_output_dir(out, protected=[model.source], force=force, resume=resume, option="--out")
+    return claim_output_dir(out, protected=[model.source, params], force=force, resume=resume, option="--out")
 
 
 def run_bisect(model_path: Path, options: RunOptions, events: Events | None = None) -> dict[str, Any]:
@@ -105,7 +107,7 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         )
     )
     out = Path(options.out)
-    claim = prepare_out_dir(out, model, options.resume, options.force)
+    claim = prepare_out_dir(out, model, options.resume, options.force, options.params)
     journal = Journal(out / "journal.jsonl")
     header = journal.header()
     if options.resume:

@@ -137,6 +137,18 @@ def test_run_force_never_deletes_a_model_inside_out(user, capsys):
     assert snapshot(user) == before
 
 
+def test_run_force_never_deletes_a_params_file_inside_out(user, capsys):
+    out = user / "out"
+    assert run_cli(["truncate", str(user / "models" / "resnet"), *CUT, "-o", str(out)], capsys)[0] == 0
+    (user / "prog").mkdir()
+    shutil.copy(MODEL / "model.pdmodel", user / "prog" / "net.pdmodel")
+    shutil.copy(MODEL / "model.pdiparams", out / "weights.bin")
+    before = snapshot(user)
+    args = ["run", str(user / "prog" / "net.pdmodel"), "--params", str(out / "weights.bin"), "--out", str(out)]
+    refused(*run_cli([*args, "--ref", "paddle", "--target", "fp16", "--force"], capsys)[::2], "holds the model")
+    assert snapshot(user) == before
+
+
 def test_run_out_policy(user, capsys):
     model = user / "models" / "resnet"
     before = snapshot(user)
