@@ -182,6 +182,9 @@ def test_broadcast_op_repro_is_shrunk_consistently_and_described_exactly(faulty,
     program = load_model(repro)
     assert program.vars["relu_1.tmp_0"].shape == x.shape and program.vars["reshape2_0.tmp_0"].shape == y.shape
     assert program.vars["elementwise_mul_0.tmp_0"].shape == expected["elementwise_mul_0.tmp_0"].shape
+    # repro.json and ISSUE.md give the op's shapes as the repro has them, not the model's.
+    assert facts["op"]["inputs"]["X"][0]["shape"] == list(x.shape)
+    assert facts["op"]["outputs"]["Out"][0]["shape"] == list(expected["elementwise_mul_0.tmp_0"].shape)
     # ISSUE.md: written for a custom runner, plain snippet first, one engine row, no index install.
     issue = (repro / "ISSUE.md").read_text()
     assert issue.startswith("# [custom runner] elementwise_mul output differs from Paddle Inference")

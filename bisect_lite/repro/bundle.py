@@ -38,9 +38,14 @@ def repro_facts(
     target: EngineRunner,
     tolerance: dict[str, Any],
 ) -> dict[str, Any]:
-    sub: Model = found["model"]
+    sub = shaped_model(found)
     culprit = source.ops[entry["index"]]
     cmp = found.get("comparison")
+
+    def info(name: str) -> dict[str, Any]:
+        # The shapes the repro's files have (shrunk inputs), not the source model's.
+        return tensor_info(sub if name in sub.vars else source, name)
+
     return {
         "bisect_lite": __version__,
         "status": "crash" if entry.get("status") == "crash" else "mismatch",
@@ -48,8 +53,8 @@ def repro_facts(
             "type": culprit.type,
             "index": culprit.index,
             "attrs": entry["attrs"],
-            "inputs": {s: [tensor_info(source, a) for a in args] for s, args in culprit.inputs.items() if args},
-            "outputs": {s: [tensor_info(source, a) for a in args] for s, args in culprit.outputs.items() if args},
+            "inputs": {s: [info(a) for a in args] for s, args in culprit.inputs.items() if args},
+            "outputs": {s: [info(a) for a in args] for s, args in culprit.outputs.items() if args},
         },
         "kind": entry["kind"],
         "ops": [{"index": i, "type": source.ops[i].type} for i in found["ops"]],
@@ -68,6 +73,12 @@ def repro_facts(
     }
 
 
+def shaped_model(found: dict[str, Any]) -> Model:
+    """The repro program recording the shapes its files really have (a model's -1 batch, a shrunk input)."""
+    shapes = {n: a.shape for n, a in found["inputs"].items()} | {n: a.shape for n, a in found["expected"].items()}
+    return with_var_shapes(found["model"], shapes)
+
+
 def write_bundle(
     directory: Path,
     found: dict[str, Any],
@@ -80,10 +91,8 @@ def write_bundle(
     from bisect_lite.repro.issue import render_issue
 
     facts = repro_facts(found, entry, source, ref, target, tolerance)
-    # The repro program records the shapes its files really have (a model's -1 batch, a shrunk input).
-    shapes = {n: a.shape for n, a in found["inputs"].items()} | {n: a.shape for n, a in found["expected"].items()}
     with atomic_dir(directory) as tmp:
-        write_model_files(with_var_shapes(found["model"], shapes), tmp)
+        write_model_files(shaped_model(found), tmp)
         save_npz(tmp / "inputs.npz", found["inputs"])
         save_npz(tmp / "expected.npz", found["expected"])
         files = ["model.pdmodel", "model.pdiparams", "inputs.npz", "expected.npz"]
