@@ -351,6 +351,7 @@ def test_a_model_the_converter_cannot_take(unconvertible, tmp_path, capsys):
     assert code == 1, (out, err)
     report = json.loads((out_dir / "report.json").read_text())
     assert [c["type"] for c in report["culprits"]] == ["determinant"]
+    assert any("failed while loading" in n for n in report["culprits"][0]["notes"])
     issue = (out_dir / "repro" / "ISSUE.md").read_text()
     assert issue.startswith("# [paddle2onnx] determinant cannot be converted to ONNX")
     assert "Where to file: PaddlePaddle/Paddle2ONNX" in issue and "paddle2onnx.export(" in issue

@@ -59,6 +59,8 @@ def culprit_entry(
             f"the search pointed at op {found['index']} ({model.ops[found['index']].type}); the repro holds ops "
             f"{ops}, and op {op.index} ({op.type}) makes its failing output",
         )
+    if confirmed.get("stage") == "load":
+        notes.insert(0, "the target never ran this op: it failed while loading (converting) the model that holds it")
     if found.get("fusion_note"):
         notes.append(found["fusion_note"])
     if found.get("flaky"):

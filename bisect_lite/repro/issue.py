@@ -309,9 +309,10 @@ def _steps(repro: Mapping[str, Any], precision: str | None, family: Family) -> l
 
 _COMPARE_TAIL = """\
 expected = np.load("expected.npz")
-for name in expected.files:
+for i, name in enumerate(expected.files):
     want = expected[name].astype(np.float64)
-    got = np.asarray(outputs[name]).astype(np.float64).reshape(want.shape)
+    got = outputs[name] if name in outputs else list(outputs.values())[i]  # engines may rename outputs
+    got = np.asarray(got).astype(np.float64).reshape(want.shape)
     diff = np.abs(got - want)
     print(f"{name}: max |target - expected| = {np.nanmax(diff) if diff.size else 0:.6g}, "
           f"non-finite in target: {int((~np.isfinite(got)).sum())} "
@@ -363,7 +364,8 @@ config.set_model_from_file("repro_{place}.nb")
 
 inputs = np.load("inputs.npz")
 for i, name in enumerate(predictor.get_input_names()):
-    predictor.get_input(i).from_numpy(np.ascontiguousarray(inputs[name]))
+    key = name if name in inputs.files else inputs.files[i]
+    predictor.get_input(i).from_numpy(np.ascontiguousarray(inputs[key]))
 predictor.run()
 outputs = {{name: predictor.get_output(i).numpy() for i, name in enumerate(predictor.get_output_names())}}
 {_COMPARE_TAIL}"""
