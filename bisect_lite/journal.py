@@ -106,7 +106,5 @@ def read_header(out_dir: Path) -> dict[str, Any]:
         raise InputError(f"--resume: {out_dir} holds no journal of an earlier run; start a new run without --resume")
     header = Journal(path).header()
     if header is None:
-        raise JournalDamaged(
-            f"{path}: no header (the run was interrupted before it started); start over with --force"
-        )
+        raise JournalDamaged(f"{path}: no header (the run was interrupted before it started); start over with --force")
     return header
