@@ -65,8 +65,28 @@ cos sin tan expand shape
 )
 # CPU-side kernels that are host kernels even in a pure ARM build.
 HOST_KERNELS = frozenset(
-    {"feed", "fetch", "flatten_contiguous_range", "shape", "fill_constant", "assign_value"}
+    {"feed", "fetch", "flatten_contiguous_range", "shape", "fill_constant", "assign_value", "strided_slice"}
 )
+# Ops whose ARM placement is a Host kernel in 2.13-rc (measured: reshape2, squeeze2, unsqueeze2; the issue and the
+# kernel registry add assign and split).
+ARM_PLACED_ON_HOST = names("reshape2 squeeze2 unsqueeze2 assign split")
+
+# Kernel records measured on real opt 2.13-rc (`__@kernel_type_attr@__` = op/alias/target/precision/layout).
+# OpenCL: the alias per op type (ops not measured keep "image2d") and the kernels that take ImageFolder tensors.
+OPENCL_DEF_ALIAS = names(
+    """
+batch_norm clip elementwise_add elementwise_div elementwise_mul elementwise_sub fusion_elementwise_add_activation
+fusion_elementwise_sub_activation fusion_elementwise_mul_activation gelu hard_swish scale softmax
+"""
+)
+OPENCL_IMAGEDEFAULT_ALIAS = names("bilinear_interp_v2 concat layer_norm nearest_interp_v2 relu sigmoid swish")
+OPENCL_IMAGE_FOLDER = names("fc matmul_v2 softmax")
+# OpenCL kernels that are NCHW cl::Buffer kernels in 2.13-rc (measured), and input slots OpenCL kernels declare on
+# the host (no io_copy in front of them).
+OPENCL_BUFFER_OPS = names("squeeze2 unsqueeze2")
+OPENCL_HOST_SLOTS = frozenset({("clip", "Min"), ("clip", "Max")})
+# ARM kernels declared with precision kAny (and arg_max's alias "fp32").
+ARM_ANY_PRECISION = names("arg_max concat transpose2")
 
 # OpenCLMemoryObjectConfigPass::CorrectArgumentPlace rules for Image2D kernels.
 _REDUCE_KEEPDIM = frozenset(
@@ -111,7 +131,8 @@ CONV_TYPES = ("conv2d", "depthwise_conv2d", "conv2d_transpose")
 # lite_api enum values used in kernel type strings.
 _TGT = {"host": 1, "x86": 2, "arm": 4, "opencl": 5}
 _FP32, _ANY_P, _FP16 = 1, 4, 5
-_NCHW, _ANY_L, _IMG = 1, 2, 4
+_NCHW, _ANY_L, _IMG, _FOLDER = 1, 2, 4, 5
+_LAYOUT_CODE = {"NCHW": _NCHW, "ImageDefault": _IMG, "ImageFolder": _FOLDER}
 
 SIMULATED_TARGETS = ("arm", "opencl", "x86")
 
@@ -428,6 +449,151 @@ class _Graph:
         self.log.append(f"lite_conv_bn_fuse_pass: {n.type} + {bn_type} -> {n.type} {n.fused_from}")
         return True
 
+    def conv_conv(self) -> None:
+        """lite_conv_conv_fuse_pass: conv2d -> 1x1 conv2d (groups 1, stride 1, no padding) becomes one conv2d with
+        the composed weights."""
+        for has_bias0 in (True, False):
+            for has_bias1 in (True, False):
+                for n in list(self.nodes):
+                    if not n.removed and n.type == "conv2d" and self._conv_conv(n, has_bias0, has_bias1):
+                        self.reindex()
+
+    def _conv_conv(self, n: Node, has_bias0: bool, has_bias1: bool) -> bool:
+        d0 = n.desc
+        out = proto.op_outputs(d0, "Output")
+        if len(out) != 1 or bool(proto.op_inputs(d0, "Bias")) != has_bias0:
+            return False
+        sc = self.sole_consumer(out[0])
+        if sc is None or sc[0].type != "conv2d" or sc[1] != "Input":
+            return False
+        nxt = sc[0]
+        d1 = nxt.desc
+        if bool(proto.op_inputs(d1, "Bias")) != has_bias1:
+            return False
+        w0n, w1n = proto.op_inputs(d0, "Filter")[0], proto.op_inputs(d1, "Filter")[0]
+        w0d, w1d = self.dims(w0n), self.dims(w1n)
+        if not w0d or not w1d or len(w0d) != 4 or len(w1d) != 4:
+            return False
+        g0, g1 = (int(proto.get_attr(d, "groups", 1) or 1) for d in (d0, d1))
+        oc0, oc1, ic1 = w0d[0], w1d[0], w1d[1] * g1
+        if w1d[2:] != [1, 1] or g0 != 1 or g1 != 1 or oc0 != ic1:
+            return False
+        if proto.has_attr(d0, "enable_int8") or proto.has_attr(d1, "enable_int8"):
+            return False
+        # Newer sources also require ic0 * (oc1 - oc0) in (0, oc0 * oc1]; 2.13-rc does not (measured: mobilenetv3
+        # fuses 96->40 then 40->128).
+        for attr, want in (("strides", 1), ("paddings", 0), ("dilations", 1)):
+            for i, v in enumerate(proto.get_attr(d1, attr, []) or []):
+                if int(v) != want:
+                    fatal(
+                        f"Check failed: {attr}1[{i}] == {want} ({int(v)} vs. {want}) {attr}[{i}]: {int(v)} must "
+                        f"be {want}",
+                        "lite/core/optimizer/mir/fusion/conv_conv_fuser.cc",
+                    )
+        if w0n in self.params and w1n in self.params:
+            w0, w1 = self.params[w0n].astype(np.float32), self.params[w1n].astype(np.float32)
+            self.params[w0n] = np.einsum("oc,cikl->oikl", w1.reshape(oc1, oc0), w0).astype(np.float32)
+        b0 = proto.op_inputs(d0, "Bias")
+        b1 = proto.op_inputs(d1, "Bias")
+        if b0 and b0[0] in self.params and w1n in self.params:
+            w1 = self.params[w1n].astype(np.float32).reshape(oc1, oc0)
+            nb = w1 @ self.params[b0[0]].astype(np.float32).reshape(-1)
+            if b1 and b1[0] in self.params:
+                nb = nb + self.params[b1[0]].astype(np.float32).reshape(-1)
+                self.params[b1[0]] = nb.astype(np.float32)
+                proto.set_input(d0, "Bias", b1)
+            else:
+                self.params[b0[0]] = nb.astype(np.float32)
+        elif b1:
+            proto.set_input(d0, "Bias", b1)
+        proto.set_output(d0, "Output", proto.op_outputs(d1, "Output"))
+        self.merge(n, nxt)
+        self.log.append(f"lite_conv_conv_fuse_pass: conv2d + conv2d(1x1) -> conv2d {n.fused_from}")
+        return True
+
+    def sigmoid_elementmul(self) -> None:
+        """lite_sigmoid_elementmul_fuse_pass (ARM/Host places): x * sigmoid(x) -> swish(x, beta=1)."""
+        for n in list(self.nodes):
+            if n.removed or n.type != "sigmoid":
+                continue
+            xs, outs = proto.op_inputs(n.desc, "X"), proto.op_outputs(n.desc, "Out")
+            if len(xs) != 1 or len(outs) != 1:
+                continue
+            sc = self.sole_consumer(outs[0])
+            if sc is None or sc[0].type != "elementwise_mul":
+                continue
+            mul = sc[0]
+            operands = [a for s, a in proto.all_inputs(mul.desc) if s in ("X", "Y")]
+            if sorted(operands) != sorted([xs[0], outs[0]]):
+                continue
+            d = proto.pb().OpDesc()
+            d.type = "swish"
+            proto.set_input(d, "X", xs)
+            proto.set_output(d, "Out", proto.op_outputs(mul.desc, "Out"))
+            proto.set_attr(d, "beta", 1.0, "FLOAT")
+            n.desc = d
+            self.merge(n, mul)
+            self.log.append(f"lite_sigmoid_elementmul_fuse_pass: sigmoid + elementwise_mul -> swish {n.fused_from}")
+            self.reindex()
+
+    def flatten_fc(self) -> None:
+        """lite_flatten_fc_fuse_pass: flatten_contiguous_range whose output only feeds an fc's Input is folded into
+        the fc (which reads the flatten's input; in_num_col_dims is kept)."""
+        for n in list(self.nodes):
+            if n.removed or n.type != "flatten_contiguous_range":
+                continue
+            xs, outs = proto.op_inputs(n.desc, "X"), proto.op_outputs(n.desc, "Out")
+            if len(xs) != 1 or len(outs) != 1:
+                continue
+            if any(not self.only_used_by(v, n) for v in proto.op_outputs(n.desc, "XShape")):
+                continue
+            sc = self.sole_consumer(outs[0])
+            if sc is None or sc[0].type != "fc" or sc[1] != "Input":
+                continue
+            fc = sc[0]
+            proto.set_input(fc.desc, "Input", xs)
+            self.merge(fc, n)
+            self.log.append(f"lite_flatten_fc_fuse_pass: flatten_contiguous_range + fc -> fc {fc.fused_from}")
+            self.reindex()
+
+    def conv_elementwise_tree(self) -> None:
+        """lite_conv_elementwise_tree_fuse_pass (OpenCL): a 1x1 conv2d whose output is only the Y of an
+        elementwise_add (axis -1, no activation but relu) of the same shape takes the add's X as `SecondInput`."""
+        for _ in (True, False):  # prelu-alpha / bias variants of the real pass share one matcher here
+            for elementwise_type in ("elementwise_add", "fusion_elementwise_add_activation"):
+                for n in list(self.nodes):
+                    if not n.removed and n.type == "conv2d" and self._conv_tree(n, elementwise_type):
+                        self.reindex()
+
+    def _conv_tree(self, n: Node, elementwise_type: str) -> bool:
+        d = n.desc
+        out = proto.op_outputs(d, "Output")
+        if len(out) != 1 or proto.has_attr(d, "fuse_elementwise_op_type"):
+            return False
+        filt = proto.op_inputs(d, "Filter")
+        if len(filt) != 1 or not self.persistable(filt[0]):
+            return False
+        sc = self.sole_consumer(out[0])
+        if sc is None or sc[0].type != elementwise_type or sc[1] != "Y":
+            return False
+        add = sc[0]
+        ad = add.desc
+        act = proto.get_attr(ad, "act_type", None) if proto.has_attr(ad, "act_type") else None
+        if int(proto.get_attr(ad, "axis", -1)) != -1 or proto.has_attr(ad, "fuse_scale") or act not in (None, "relu"):
+            return False
+        xs, add_out = proto.op_inputs(ad, "X"), proto.op_outputs(ad, "Out")
+        if len(xs) != 1 or len(add_out) != 1:
+            return False
+        conv_dims, add_dims = proto.var_dims(self.vars.get(out[0])), proto.var_dims(self.vars.get(add_out[0]))
+        if conv_dims != add_dims or (self.dims(filt[0]) or [0, 0, 0, 0])[2:] != [1, 1]:
+            return False
+        proto.set_attr(d, "fuse_elementwise_op_type", elementwise_type, "STRING")
+        proto.set_input(d, "SecondInput", xs)
+        proto.set_output(d, "Output", add_out)
+        self.merge(n, add)
+        self.log.append(f"lite_conv_elementwise_tree_fuse_pass: conv2d + {elementwise_type} -> conv2d {n.fused_from}")
+        return True
+
     def conv_activation(self, acts: list[str], has_arm: bool, has_opencl: bool) -> None:
         for conv_type in CONV_TYPES:
             for act in acts:
@@ -671,7 +837,13 @@ def _place(g: _Graph, enable_fp16: bool, memory_config: str | None) -> None:
         if primary == "opencl":
             cpu = any(_rule_matches(n, r) for r in cpu_rules)
             n.buffer = not cpu and t in OPENCL_KERNELS and any(_rule_matches(n, r) for r in buf_rules)
-            if not cpu and t in OPENCL_KERNELS and (n.buffer or not _image_needs_cpu(g, n)):
+            # CorrectArgumentPlace's image rules only apply to Image2D kernels; buffer kernels keep the rule
+            # about persistable inputs.
+            if t in OPENCL_BUFFER_OPS and not n.buffer:
+                fits = not (t in _NO_PERSISTABLE_X and any(g.persistable(x) for x in proto.op_inputs(n.desc, "X")))
+            else:
+                fits = n.buffer or not _image_needs_cpu(g, n)
+            if not cpu and t in OPENCL_KERNELS and fits:
                 n.place = "opencl"
             else:
                 n.place = "host" if (t in ARM_HOST_OPS or t in HOST_KERNELS) else "arm"
@@ -680,18 +852,35 @@ def _place(g: _Graph, enable_fp16: bool, memory_config: str | None) -> None:
             n.place = "x86"
         else:
             # "arm" first in valid_targets: ARM kernels win the static kernel pick even if opencl is listed.
-            n.place = "host" if t in HOST_KERNELS else "arm"
+            n.place = "host" if t in HOST_KERNELS or t in ARM_PLACED_ON_HOST else "arm"
         n.fp16 = n.place == "arm" and enable_fp16 and t in ARM_FP16_KERNELS
+
+
+def opencl_layout(n: Node) -> str:
+    """The layout an OpenCL kernel reads and writes: NCHW buffer, ImageDefault or ImageFolder image."""
+    if n.buffer or n.type in OPENCL_BUFFER_OPS:
+        return "NCHW"
+    return "ImageFolder" if n.type in OPENCL_IMAGE_FOLDER else "ImageDefault"
 
 
 def kernel_type(n: Node) -> str:
     t = n.type
     if n.place == "opencl":
-        return f"{t}/def/5/{_FP32}/{_NCHW}" if n.buffer else f"{t}/image2d/5/{_FP16}/{_IMG}"
+        layout = opencl_layout(n)
+        if layout == "NCHW":
+            return f"{t}/def/5/{_FP32 if n.buffer else _ANY_P}/{_NCHW}"
+        alias = "def" if t in OPENCL_DEF_ALIAS else "ImageDefault" if t in OPENCL_IMAGEDEFAULT_ALIAS else "image2d"
+        return f"{t}/{alias}/5/{_FP16}/{_LAYOUT_CODE[layout]}"
     if n.place == "host":
+        if t in ("fill_constant",):
+            return f"{t}/def/1/{_ANY_P}/{_NCHW}"
+        if t == "strided_slice":
+            return f"{t}/def/1/{_FP32}/{_NCHW}"
         return f"{t}/def/1/{_ANY_P}/{_ANY_L}"
     if n.place == "x86":
         return f"{t}/def/2/{_FP32}/{_NCHW}"
+    if t in ARM_ANY_PRECISION and not n.fp16:
+        return f"{t}/{'fp32' if t == 'arg_max' else 'def'}/4/{_ANY_P}/{_NCHW}"
     return f"{t}/def/4/{_FP16 if n.fp16 else _FP32}/{_NCHW}"
 
 
@@ -701,14 +890,20 @@ def kernel_type(n: Node) -> str:
 def _insert_glue(g: _Graph) -> list[Node]:
     fp = proto.pb().VarType
     out: list[Node] = []
-    loc: dict[str, tuple[str, bool]] = {}  # var -> (side "host"|"device", is_image)
-    cache: dict[tuple[str, str, bool], str] = {}
+    loc: dict[str, tuple[str, str]] = {}  # var -> (side "host"|"device", layout "NCHW"|"ImageDefault"|"ImageFolder")
+    cache: dict[tuple[str, str, str], str] = {}
     new_vars: list[tuple[str, str]] = []  # (new name, source var)
 
     def is_float(v: str) -> bool:
         return proto.var_dtype(g.vars.get(v)) in (fp.FP32, fp.FP16)
 
-    def glue(kind: str, alias: str, src: str, dst: str, kernel: str) -> Node:
+    def same_layout(v: str, a: str, b: str) -> bool:
+        # Measured: ImageDefault and ImageFolder images of a tensor of rank >= 3 are read as they are; only
+        # rank <= 2 tensors get an ImageDefault <-> ImageFolder layout op.
+        dims = proto.var_dims(g.vars.get(v))
+        return a == b or ({a, b} == {"ImageDefault", "ImageFolder"} and (dims is None or len(dims) >= 3))
+
+    def glue(kind: str, src: str, dst: str, kernel: str) -> Node:
         d = proto.pb().OpDesc()
         d.type = kind
         proto.set_input(d, "Input", [src])
@@ -719,75 +914,52 @@ def _insert_glue(g: _Graph) -> list[Node]:
         proto.set_attr(d, KERNEL_ATTR, kernel, "STRING")
         return n
 
-    def convert(v: str, want_side: str, want_image: bool) -> str:
-        key = (v, want_side, want_image)
+    def layout_op(v: str, cur: str, src: str, dst: str) -> str:
+        nxt = f"{cur}/layout_trans"
+        alias = f"{src}_to_{dst}"
+        out.append(glue("layout", cur, nxt, f"layout/{alias}/5/{_ANY_P}/{_LAYOUT_CODE[dst]}"))
+        new_vars.append((nxt, v))
+        return nxt
+
+    def convert(v: str, want_side: str, want_layout: str) -> str:
+        key = (v, want_side, want_layout)
         if key in cache:
             return cache[key]
-        side, image = loc[v]
+        side, layout = loc[v]
         cur = v
         if side == "device" and want_side == "host":
-            if image:
-                nxt = f"{cur}/layout_trans"
-                out.append(
-                    glue(
-                        "layout",
-                        "ImageDefault_to_NCHW",
-                        cur,
-                        nxt,
-                        f"layout/ImageDefault_to_NCHW/5/{_ANY_P}/{_NCHW}",
-                    )
-                )
-                new_vars.append((nxt, v))
-                cur = nxt
+            if layout != "NCHW":
+                cur = layout_op(v, cur, layout, "NCHW")
             nxt = f"{v}/target_trans"
-            out.append(
-                glue("io_copy", "device_to_host", cur, nxt, f"io_copy/device_to_host/5/{_ANY_P}/{_ANY_L}")
-            )
+            out.append(glue("io_copy", cur, nxt, f"io_copy/device_to_host/5/{_ANY_P}/{_ANY_L}"))
             new_vars.append((nxt, v))
             cur = nxt
         elif side == "host" and want_side == "device":
             nxt = f"{cur}/target_trans"
-            out.append(
-                glue("io_copy", "host_to_device", cur, nxt, f"io_copy/host_to_device/5/{_ANY_P}/{_ANY_L}")
-            )
+            out.append(glue("io_copy", cur, nxt, f"io_copy/host_to_device/5/{_ANY_P}/{_ANY_L}"))
             new_vars.append((nxt, v))
             cur = nxt
-            if want_image:
-                nxt = f"{cur}/layout_trans"
-                out.append(
-                    glue(
-                        "layout",
-                        "NCHW_to_ImageDefault",
-                        cur,
-                        nxt,
-                        f"layout/NCHW_to_ImageDefault/5/{_ANY_P}/{_IMG}",
-                    )
-                )
-                new_vars.append((nxt, v))
-                cur = nxt
-        elif side == "device" and image != want_image:
-            nxt = f"{cur}/layout_trans"
-            alias = "ImageDefault_to_NCHW" if image else "NCHW_to_ImageDefault"
-            out.append(
-                glue("layout", alias, cur, nxt, f"layout/{alias}/5/{_ANY_P}/{_IMG if want_image else _NCHW}")
-            )
-            new_vars.append((nxt, v))
-            cur = nxt
+            if want_layout != "NCHW":
+                cur = layout_op(v, cur, "NCHW", want_layout)
+        elif side == "device" and not same_layout(v, layout, want_layout):
+            cur = layout_op(v, cur, layout, want_layout)
         cache[key] = cur
         return cur
 
     for n in g.nodes:
         side = "device" if n.place == "opencl" else "host"
+        layout = opencl_layout(n) if side == "device" else "NCHW"
+        host_args = {a for slot, a in proto.all_inputs(n.desc) if (n.type, slot) in OPENCL_HOST_SLOTS}
         for v in dict.fromkeys(a for _, a in proto.all_inputs(n.desc)):
-            if v not in loc or g.persistable(v):
+            if v not in loc or g.persistable(v) or (side == "device" and v in host_args):
                 continue
-            want_image = side == "device" and not n.buffer and is_float(v)
-            cur_side, cur_image = loc[v]
-            if cur_side != side or (side == "device" and cur_image != want_image):
-                proto.rename_input(n.desc, v, convert(v, side, want_image))
+            want = layout if is_float(v) else "NCHW"
+            cur_side, cur_layout = loc[v]
+            if cur_side != side or (side == "device" and not same_layout(v, cur_layout, want)):
+                proto.rename_input(n.desc, v, convert(v, side, want))
         out.append(n)
         for _, v in proto.all_outputs(n.desc):
-            loc[v] = (side, side == "device" and not n.buffer and is_float(v))
+            loc[v] = (side, layout if side == "device" and is_float(v) else "NCHW")
     for name, src in new_vars:
         if name not in g.vars and src in g.vars:
             g.vars[name] = proto.add_var_like(g.block, g.vars[src], name)
@@ -841,17 +1013,26 @@ def optimize(
     mul_types = ["mul"] + (["matmul", "matmul_v2"] if has_arm else [])
     elt_acts = ["relu"] + ([] if has_arm else ["abs", "tanh"]) + (["relu6", "gelu"] if has_opencl else [])
 
-    g.reshape_calc_offline()
-    g.remove_scale1()
-    # Same order as RunDefaultOptimizer: conv-elemwise-bn, conv-bn-elemwise, activations, fc, elemwise-act.
+    if has_opencl:  # measured on 2.13-rc: folded with OpenCL places; on ARM the reshape stays a Host op
+        g.reshape_calc_offline()
+    if has_opencl:  # remove_scale1_pass binds to OpenCL (and Metal) only
+        g.remove_scale1()
+    # Same order as RunDefaultOptimizer: conv-elemwise-bn, conv-bn-elemwise, conv-conv, sigmoid-mul, activations,
+    # fc, identity scale, flatten-fc, elemwise-act, conv-elemwise-tree.
     g.conv_elementwise()
     if len(prog.blocks) == 1:  # the real optimizer skips conv+bn fusion for multi-block programs
         g.conv_bn()
     g.conv_elementwise()
+    g.conv_conv()
+    if has_arm:  # lite_sigmoid_elementmul_fuse_pass binds to ARM/Host
+        g.sigmoid_elementmul()
     g.conv_activation(conv_acts, has_arm, has_opencl)
     g.fc(mul_types, fc_acts)
     g.identity_scale_eliminate()
+    g.flatten_fc()
     g.elementwise_activation(elt_acts)
+    if has_opencl:
+        g.conv_elementwise_tree()
 
     _place(g, enable_fp16, memory_config)
     nodes = _insert_glue(g) if any(n.place == "opencl" for n in g.nodes) else g.nodes
