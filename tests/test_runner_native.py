@@ -885,50 +885,56 @@ def test_real_runner_failures(real_lite, tmp_path):
     assert info["paddle_lite_version"].startswith("v2.13") and info["opencl_valid"] is False
 
 
-@pytest.mark.parametrize(
-    ("mutation", "before", "after", "target", "expect"),
-    [
-        ("ConfigBase 8 bytes short", "library_members_[528]", "library_members_[520]", "abi_check", "wrong offset"),
-        (
-            "two virtuals swapped",
-            "  virtual std::vector<std::string> GetInputNames() = 0;\n"
-            "  virtual std::vector<std::string> GetOutputNames() = 0;\n",
-            "  virtual std::vector<std::string> GetOutputNames() = 0;\n"
-            "  virtual std::vector<std::string> GetInputNames() = 0;\n",
-            "abi_check",
-            "vtable slot 6",
-        ),
-        (
-            "a parameter type changed",
-            "size_t lws_repeats = 4",
-            "int lws_repeats = 4",
-            "bisect_lite_runner",
-            "set_opencl_tune",
-        ),
-    ],
-)
-def test_real_abi_checks_catch_a_wrong_header(real_lite, tmp_path, mutation, before, after, target, expect):
+# (what is wrong, text in host/include/paddle_api.h, replacement, what to build, what the failure must name)
+HEADER_MUTATIONS = [
+    ("ConfigBase 8 bytes short", "library_members_[528]", "library_members_[520]", "abi_check", "wrong offset"),
+    (
+        "two virtuals swapped",
+        "  virtual std::vector<std::string> GetInputNames() = 0;\n"
+        "  virtual std::vector<std::string> GetOutputNames() = 0;\n",
+        "  virtual std::vector<std::string> GetOutputNames() = 0;\n"
+        "  virtual std::vector<std::string> GetInputNames() = 0;\n",
+        "abi_check",
+        "vtable slot 6",
+    ),
+    (
+        "a parameter type changed",
+        "size_t lws_repeats = 4",
+        "int lws_repeats = 4",
+        "bisect_lite_runner",
+        "set_opencl_tune",
+    ),
+]
+
+
+def test_real_abi_checks_catch_a_wrong_header(real_lite, tmp_path):
     """Each kind of mismatch between our header and the library fails: layout, vtable order, signature."""
-    include = tmp_path / "include"
-    shutil.copytree(HOST_INCLUDE, include)
-    header = include / "paddle_api.h"
-    text = header.read_text()
-    assert text.count(before) == 1, mutation
-    header.write_text(text.replace(before, after))
-    build = real_lite.build(tmp_path / "build", HOST_INCLUDE=str(include), TARGETS=target)
-    log, _ = build.communicate(timeout=600)
-    if target == "bisect_lite_runner":
-        # Signatures are in the mangled names: the link against the real library fails.
-        assert build.returncode == 1 and "undefined reference" in log and expect in log, log[-3000:]
-        return
-    assert build.returncode == 0, log
+    builds = []
+    for n, (mutation, before, after, target, _) in enumerate(HEADER_MUTATIONS):
+        include = tmp_path / f"include{n}"
+        shutil.copytree(HOST_INCLUDE, include)
+        header = include / "paddle_api.h"
+        text = header.read_text()
+        assert text.count(before) == 1, mutation
+        header.write_text(text.replace(before, after))
+        # All at once: each is one compile against the real library.
+        builds.append(real_lite.build(tmp_path / f"build{n}", HOST_INCLUDE=str(include), TARGETS=target))
+    logs = [build.communicate(timeout=600)[0] for build in builds]
     nb = real_lite.models["dtypes"][0]
-    proc = subprocess.run(
-        [str(tmp_path / "build" / target), str(nb)], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr[-1000:])
-    failures = json.loads(proc.stdout)["failures"]
-    assert any(expect in f for f in failures), failures
+    for n, ((mutation, _, _, target, expect), build, log) in enumerate(
+        zip(HEADER_MUTATIONS, builds, logs, strict=True)
+    ):
+        if target == "bisect_lite_runner":
+            # Signatures are in the mangled names: the link against the real library fails.
+            assert build.returncode == 1 and "undefined reference" in log and expect in log, (mutation, log[-3000:])
+            continue
+        assert build.returncode == 0, (mutation, log)
+        proc = subprocess.run(
+            [str(tmp_path / f"build{n}" / target), str(nb)], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert proc.returncode == 1, (mutation, proc.returncode, proc.stdout, proc.stderr[-1000:])
+        failures = json.loads(proc.stdout)["failures"]
+        assert any(expect in f for f in failures), (mutation, failures)
 
 
 # ------------------------------------------------------------------------------------------------ native builds
