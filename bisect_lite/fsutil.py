@@ -141,7 +141,7 @@ def check_output_dir(
     if not path.is_dir():
         raise InputError(f"{option} {path} exists and is not a directory; refusing to replace it")
     try:
-        entries = [e for e in os.listdir(path) if e != LOCK]
+        entries = [e for e in os.listdir(path) if e not in (LOCK, MARKER)]  # a claim that wrote nothing yet
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot list the directory ({exc.strerror})") from None
     if not entries:

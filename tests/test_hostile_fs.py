@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, run_cli
 
-from bisect_lite.fsutil import MARKER, atomic_write_bytes, claim_output_dir
+from bisect_lite.fsutil import MARKER, atomic_write_bytes, check_output_dir, claim_output_dir
 
 MODEL = FIXTURES / "resnet"
 CUT = ["--at", "relu_0.tmp_0"]
@@ -225,6 +225,10 @@ def test_claimed_out_dir_is_locked_and_marked(tmp_path):
         assert first.path == out
     with claim_output_dir(out, force=True):  # free again: replaced
         assert not (out / "journal.jsonl").exists()
+    # a claim that wrote nothing (the run failed before its first file) does not need --force next time
+    check_output_dir(out)
+    with pytest.raises(Exception, match="empty"):
+        check_output_dir(out, resume=True)
 
 
 def test_unusable_cache_is_an_environment_error(user, capsys, monkeypatch):
