@@ -31,16 +31,17 @@ command -v "$cxx" >/dev/null 2>&1 || die 3 "$cxx not found (set CXX to a C++14 c
 probe="$("$PYTHON" - <<'EOF' 2>&1
 import os, sysconfig
 import paddlelite
-print(os.path.dirname(os.path.abspath(paddlelite.__file__)))
-print(sysconfig.get_config_var("LIBDIR") or "")
-print(sysconfig.get_config_var("LDLIBRARY") or "")
-print(sysconfig.get_config_var("VERSION") or "")
+print("pkg=" + os.path.dirname(os.path.abspath(paddlelite.__file__)))
+print("libdir=" + (sysconfig.get_config_var("LIBDIR") or ""))
+print("ldlibrary=" + (sysconfig.get_config_var("LDLIBRARY") or ""))
+print("version=" + (sysconfig.get_config_var("VERSION") or ""))
 EOF
 )" || die 3 "$PYTHON cannot import paddlelite: $(echo "$probe" | tail -n 1)"
-pkg="$(sed -n 1p <<<"$probe")"
-libdir="$(sed -n 2p <<<"$probe")"
-ldlibrary="$(sed -n 3p <<<"$probe")"
-pyversion="$(sed -n 4p <<<"$probe")"
+# Tagged lines: whatever the import prints to stderr (warnings) is mixed into the capture.
+pkg="$(sed -n 's/^pkg=//p' <<<"$probe")"
+libdir="$(sed -n 's/^libdir=//p' <<<"$probe")"
+ldlibrary="$(sed -n 's/^ldlibrary=//p' <<<"$probe")"
+pyversion="$(sed -n 's/^version=//p' <<<"$probe")"
 [ -f "$pkg/lite.so" ] || die 3 "$pkg has no lite.so (is paddlelite a Linux x86-64 wheel?)"
 case "$ldlibrary" in
   *.so*) [ -f "$libdir/$ldlibrary" ] || die 3 "$libdir/$ldlibrary not found" ;;
