@@ -1071,6 +1071,21 @@ def test_build_script_explains_missing_environment(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_host_build_script_explains_missing_environment(tmp_path):
+    base = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    proc = subprocess.run(["bash", str(HOST_BUILD), str(tmp_path / "b")], capture_output=True, text=True, env=base)
+    assert proc.returncode == 2 and "PYTHON is not set" in proc.stderr and one_line(proc.stderr)
+    # This interpreter has no paddlelite: an environment problem, said in one line, nothing built.
+    proc = subprocess.run(
+        ["bash", str(HOST_BUILD), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        env={**base, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 3 and "cannot import paddlelite" in proc.stderr and one_line(proc.stderr)
+    assert not (tmp_path / "b").exists()
+
+
 # ------------------------------------------------------------------------------------------------ fake adb
 
 
