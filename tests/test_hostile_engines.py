@@ -218,3 +218,31 @@ def test_result_file_format_is_checksummed(tmp_path):
     blob = next((tmp_path / "results").iterdir()).read_bytes()
     with zipfile.ZipFile(io.BytesIO(blob[32:])) as z:
         assert z.namelist() == ["t.npy"]
+
+
+def test_a_full_disk_in_the_worker_is_an_environment_error_not_a_verdict(tmp_path):
+    """The worker's outputs land on a full device (/dev/full: ENOSPC): the job stops with exit 3, no op is blamed."""
+    from bisect_lite.engines.base import Job
+    from bisect_lite.engines.worker import Worker
+    from bisect_lite.errors import EngineUnavailable
+    from bisect_lite.inputs import generate_inputs, save_npz
+
+    model = load_model(MODEL)
+    cache = Cache(tmp_path / "cache")
+    job = Job(
+        model_dir=cache.model_dir(model),
+        inputs_file=tmp_path / "inputs.npz",
+        outputs_file=tmp_path / "outputs.npz",
+        io_file=tmp_path / "io.json",
+        feeds=list(model.feeds),
+        fetches=list(model.fetches),
+        work_dir=tmp_path / "work",
+    )
+    save_npz(job.inputs_file, generate_inputs(model))
+    (tmp_path / "outputs.npz.part.npz").symlink_to("/dev/full")
+    worker = Worker("paddle", tmp_path / "worker.log")
+    try:
+        with pytest.raises(EngineUnavailable, match="No space left"):
+            worker.run(job, timeout=120)
+    finally:
+        worker.stop()

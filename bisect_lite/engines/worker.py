@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno
 import json
 import os
 import selectors
@@ -24,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from bisect_lite.engines.base import Job, RunResult
+from bisect_lite.errors import EngineUnavailable
 
 STARTUP_TIMEOUT = 180.0
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # full or read-only disk: the machine, not the model
 QUIET_ENV = {"GLOG_minloglevel": "3", "GLOG_v": "0", "FLAGS_call_stack_level": "0", "PYTHONWARNINGS": "ignore"}
 
 
@@ -204,6 +207,9 @@ class Worker:
             result = RunResult("timeout" if timed_out else "crash", seconds=seconds, message=reason, info=info)
             self.stop()  # restarted lazily by the next run
             return result
+        if not msg.get("ok") and msg.get("environment"):
+            # The disk is full or read-only: a fact about this machine, never a verdict on the model's ops.
+            raise EngineUnavailable(f"engine {self.spec} cannot write its outputs: {msg.get('error', '?')}")
         if not msg.get("ok"):
             # info["stage"] == "load": the engine could not prepare (convert) this model, it never ran it.
             stage = {"stage": msg["stage"]} if msg.get("stage") else {}
@@ -306,7 +312,10 @@ def serve(spec_text: str) -> None:
             os.replace(tmp, req["outputs"])
             send({"ok": True, "seconds": t2 - t1, "load_seconds": t1 - t0})
         except (Exception, SystemExit) as exc:  # an engine error is a verdict for this run, not the end of the worker
-            send({"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()[-1500:]}", "stage": stage})
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip()[-1500:]}", "stage": stage}
+            if isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS:
+                answer["environment"] = True
+            send(answer)
 
 
 if __name__ == "__main__":
