@@ -61,6 +61,8 @@ def lite_env(tmp_path_factory):
         mp.setenv("BISECT_LITE_SIM_DIR", str(SIM))  # where the simulated device runner finds paddlelite
         mp.setenv("ADB_SIM_ROOT", str(root / "phone"))
         mp.setenv("SSH_SIM_HOSTS", "sim,board@sim")
+        # The simulator, not a real Paddle-Lite that `bisect-lite setup lite` may have provisioned.
+        mp.setenv("BISECT_LITE_LITE_ENV", str(root / "no-lite-env.json"))
         for knob in (*SIM_ENV_KNOBS, "OPENCL_MEMORY_CONFIG_FILE", "ANDROID_SERIAL"):
             mp.delenv(knob, raising=False)
         yield root
@@ -176,8 +178,8 @@ def test_problem_explains_a_missing_opt(monkeypatch):
     monkeypatch.setenv("PATH", without_sim)
     engine = create_engine("lite:arm")
     try:
-        assert "opt is not on PATH" in (engine.problem() or "")
-        with pytest.raises(EngineUnavailable, match="opt"):
+        assert "bisect-lite setup lite" in (engine.problem() or "")
+        with pytest.raises(EngineUnavailable, match="setup lite"):
             EngineRunner(engine)
     finally:
         engine.close()
@@ -271,7 +273,7 @@ def test_conversion_runs_opt_once_per_model(tmp_path):
     with EngineRunner(spec, cache=cache) as runner:
         assert runner.run(model, inputs).ok
         prepared = cache.prepared_dir(model, runner.engine.cache_key())
-        nb, pb = prepared / "model.nb", prepared / "optimized" / "model"
+        nb, pb = prepared / "model.nb", prepared / "optimized-noreuse" / "model"
         assert nb.is_file() and not pb.exists()  # a run needs only the naive buffer
         assert conversions() == 1
         assert runner.optimized_program(model) is not None  # the protobuf view, on demand

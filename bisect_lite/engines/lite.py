@@ -6,8 +6,12 @@ once more into protobuf: the optimised program tells which ops were fused and wh
 inserted. Both are cached with the model's hash, the opt version and the targets. opt runs in a child process: a
 model it cannot handle aborts opt, not the search.
 
+Where Paddle-Lite comes from: `opt=PATH` and `python=PATH` when given; otherwise the environment that
+`bisect-lite setup lite` built (bisect_lite/lite_env.py: its opt, and its interpreter for the worker); otherwise
+`paddle_lite_opt` on PATH and this interpreter.
+
 Runtimes (one engine, several transports):
-- default: a worker process running `lite_worker.py` with this interpreter (`paddlelite` importable here);
+- default: a worker process running `lite_worker.py` with the environment's interpreter (or this one);
 - `python=PATH`: the same worker with another interpreter (e.g. a Python 3.10 venv holding the wheel);
 - `ssh=USER@HOST` (+ `python=` on the board, default python3): the worker runs on an ARM board over ssh, files
   are copied with scp (the board needs numpy and paddlelite, nothing else);
@@ -16,6 +20,12 @@ Runtimes (one engine, several transports):
   pulls the outputs and removes the directory.
 Every model gets its own OpenCL kernel-binary and tuning file names, so stale caches never leak between probes,
 and the runtime's version must equal opt's.
+
+Guards: a runtime runs only the kernels it is built for (the x86 wheel loads ARM/OpenCL `.nb` files and returns
+garbage without an error), so `lite:arm`/`lite:opencl` on it stop with exit 3; every fed input must read back
+equal (lite_worker.py), or the environment is refused. A crash keeps its reason: the signal, Paddle-Lite's
+`Check failed`/fatal line, the top native frames and whether it happened while building the program (opt or
+predictor creation) or while running it (`RunResult.info`: stage, signal, fatal, frames).
 """
 
 from __future__ import annotations
@@ -41,11 +51,17 @@ from bisect_lite.engines.base import Engine, Job, RunResult
 from bisect_lite.engines.worker import Worker, WorkerDied, describe_exit
 from bisect_lite.errors import EngineUnavailable, InputError
 from bisect_lite.fsutil import atomic_write_text
+from bisect_lite.lite_env import LiteEnv, find_lite_env
 
 VALID_TARGETS = {"arm": "arm", "opencl": "opencl,arm", "x86": "x86"}
 WORKER_SCRIPT = Path(__file__).with_name("lite_worker.py")
 OPT_TIMEOUT = 600.0
 VERSION_WARNING = "not consistent with current Paddle-Lite version"  # what the runtime logs before it dies
+READBACK_ERROR = "input read-back mismatch"  # lite_worker.READBACK_ERROR: the environment garbles inputs
+STAGE_MARK = "[bisect-lite] stage="  # lite_worker.STAGE_MARK
+NATIVE_STACK_MARK = "*** native stack at signal"  # lite_worker.NATIVE_STACK_MARK
+# Frames of the crash handler itself and of the interpreter: never where Paddle-Lite died.
+HANDLER_FRAMES = ("libc.so", "libffi", "_ctypes", "libpython", "/python3", "ld-linux", "libpthread")
 # Any non-empty OPENCL_MEMORY_CONFIG_FILE turns off opt's memory_optimize_pass (ARM and OpenCL), whose tensor
 # renaming would hide what was fused; a section header alone moves nothing. An EMPTY file makes opt throw.
 NO_REUSE_CONFIG = "device:cpu\n"
@@ -68,8 +84,8 @@ class LiteEngine(Engine):
     option_help = {
         "precision": "OpenCL precision: auto (default, fp16 on nearly every phone) | fp16 | fp32",
         "tune": "OpenCL local-work-size tuning: none (default) | rapid | normal | exhaustive",
-        "opt": "the opt program (default: paddle_lite_opt on PATH)",
-        "python": "interpreter for the worker (locally, or on the board with ssh=)",
+        "opt": "the opt program (default: the one `bisect-lite setup lite` installed, else paddle_lite_opt on PATH)",
+        "python": "interpreter for the worker (locally, or on the board with ssh=; default: the setup's)",
         "ssh": "USER@HOST of an ARM board",
         "serial": "adb device serial",
         "runner": "the built native runner (default: runners/android/build/android-arm64-v8a/dist/bisect_lite_runner)",
@@ -118,18 +134,60 @@ class LiteEngine(Engine):
     # ---- availability ----------------------------------------------------------------------------------
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        if shutil.which("paddle_lite_opt") is None:
+        if find_lite_env() is None and shutil.which("paddle_lite_opt") is None:
             return (
-                "Paddle-Lite's opt is not on PATH (pip install paddlelite, CPython <= 3.10, or pass opt=PATH "
-                "to a release's opt binary)"
+                "real Paddle-Lite is not set up: run `bisect-lite setup lite` (it builds a private environment "
+                "from a CPython 3.10 or 3.8 on this machine), or pass opt=PATH to a release's opt binary"
             )
         return None
+
+    @property
+    def lite_env(self) -> LiteEnv | None:
+        """The provisioned environment, when it is what this engine uses (python= and ssh/adb use others)."""
+        if not hasattr(self, "_lite_env"):
+            self._lite_env = find_lite_env()
+        return self._lite_env
 
     def _opt_program(self) -> str | None:
         opt = self.option("opt")
         if opt:
             return opt if (Path(opt).exists() or shutil.which(opt)) else None
+        if self.lite_env is not None:
+            return str(self.lite_env.opt)
         return shutil.which("paddle_lite_opt")
+
+    def _opt_argv(self, program: str) -> list[str]:
+        """opt's command line: a Python opt script (the wheel's paddle_lite_opt) runs under lite_worker.py's
+        --trace, which prints the native stack if opt dies of a signal (opt itself prints nothing then)."""
+        try:
+            with open(program, "rb") as f:
+                first = f.readline(256).decode(errors="replace")
+        except OSError:
+            return [program]
+        interpreter = first[2:].strip().split()[0] if first.startswith("#!") and "python" in first else ""
+        if not interpreter or interpreter.endswith("/env") or not Path(interpreter).exists():
+            return [program]
+        return [interpreter, str(WORKER_SCRIPT), "--trace", program]
+
+    def _worker_python(self) -> str:
+        if self.option("python"):
+            return str(self.option("python"))
+        if self.ssh:
+            return "python3"
+        return str(self.lite_env.python) if self.lite_env is not None else sys.executable
+
+    def _native_problem(self, where: str, runs: list[str]) -> str | None:
+        """Why this place cannot run on a runtime that executes only `runs` (None when it can)."""
+        if self.place in runs:
+            return None
+        kernels = {"arm": "ARM", "opencl": "OpenCL", "x86": "x86"}[self.place]
+        return (
+            f"lite:{self.place} needs a Paddle-Lite runtime with {kernels} kernels, and {where} runs only "
+            f"{', '.join(runs) or 'no'} .nb files here (it would load this one and return garbage without an error): "
+            f"use lite:{self.place},adb (an Android phone with runners/android) or lite:{self.place},ssh=USER@BOARD "
+            f"(an ARM board with the paddlelite wheel); `bisect-lite ops MODEL --target lite:{self.place}` still "
+            "shows what opt makes of the model"
+        )
 
     def problem(self) -> str | None:
         if self._opt_program() is None:
@@ -152,8 +210,11 @@ class LiteEngine(Engine):
         elif self.ssh:
             if shutil.which("ssh") is None or shutil.which("scp") is None:
                 return "ssh and scp are needed for ssh="
+        elif not self.option("python") and self.lite_env is not None:
+            env = self.lite_env
+            return self._native_problem(f"the Paddle-Lite {env.version} set up in {env.root}", env.runs)
         else:
-            python = self.option("python") or sys.executable
+            python = self._worker_python()
             probe = subprocess.run([python, "-c", "import paddlelite.lite"], capture_output=True, text=True)
             if probe.returncode != 0:
                 return f"{python} cannot import paddlelite ({_tail(probe.stderr, 1) or 'not installed'})"
@@ -171,6 +232,7 @@ class LiteEngine(Engine):
             "tune": self.tune,
             "opt_version": self.opt_version(),
             "transport": "adb" if self.adb else ("ssh" if self.ssh else "python"),
+            **({"lite_env": str(self.lite_env.root)} if self.lite_env and not (self.adb or self.ssh) else {}),
             **self._runtime,
         }
 
@@ -228,7 +290,7 @@ class LiteEngine(Engine):
             raise EngineUnavailable(self.problem() or "opt not found")
         tmp = out.with_name(f".{out.name}-{uuid.uuid4().hex[:8]}")
         argv = [
-            program,
+            *self._opt_argv(program),
             f"--model_file={model_dir / 'model.pdmodel'}",
             f"--param_file={model_dir / 'model.pdiparams'}",
             f"--valid_targets={VALID_TARGETS[self.place]}",
@@ -245,7 +307,7 @@ class LiteEngine(Engine):
             raise RuntimeError(f"opt did not finish within {OPT_TIMEOUT:g} s") from None
         produced = Path(f"{tmp}.nb") if kind == "naive_buffer" else tmp
         if proc.returncode != 0 or not produced.exists():
-            raise RuntimeError(f"opt failed ({describe_exit(proc.returncode)}): {_tail(proc.stderr + proc.stdout)}")
+            raise OptCrash(crash_details(proc.stderr + proc.stdout, proc.returncode, "build", "opt"))
         final = Path(f"{out}.nb") if kind == "naive_buffer" else out
         os.replace(produced, final)
 
@@ -257,6 +319,8 @@ class LiteEngine(Engine):
         start = time.perf_counter()
         try:
             nb = self.convert(job.model_dir, job.work_dir)
+        except OptCrash as exc:
+            return RunResult("crash", seconds=time.perf_counter() - start, message=str(exc), info=dict(exc.details))
         except RuntimeError as exc:
             return RunResult("crash", seconds=time.perf_counter() - start, message=f"conversion: {exc}")
         left = max(timeout - (time.perf_counter() - start), 1.0)
@@ -286,8 +350,35 @@ class LiteEngine(Engine):
             )
 
     # -- python worker, locally or over ssh
+    def _check_runtime(self, info: dict[str, Any]) -> None:
+        """Refuse a runtime that cannot execute this place's kernels (older workers do not say: trusted)."""
+        runs = info.get("native_targets")
+        if isinstance(runs, list):
+            where = f"the Paddle-Lite runtime of {self._worker_python()}" + (f" on {self.ssh}" if self.ssh else "")
+            problem = self._native_problem(where, runs)
+            if problem:
+                raise EngineUnavailable(f"engine {self.spec}: {problem}")
+
+    def _explain_crash(self, result: RunResult, log: Path, offset: int) -> RunResult:
+        """The worker died: rebuild the verdict from its whole log of this run (stage, fatal line, frames)."""
+        try:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return result
+        if VERSION_WARNING in text:  # execute() turns this into a version-mismatch error
+            kept = [ln for ln in text.splitlines() if VERSION_WARNING in ln or "version of current" in ln]
+            return RunResult("crash", seconds=result.seconds, message="\n".join(kept), info=result.info)
+        found = re.search(r"\((killed by signal \w+|exit code -?\d+)\)", result.message)
+        if STAGE_MARK not in text and NATIVE_STACK_MARK not in text and not found:
+            return result
+        code = _exit_code(found.group(1)) if found else None
+        details = crash_details(text, code, "run", "runtime")
+        return RunResult("crash", seconds=result.seconds, message=details["message"], info={**result.info, **details})
+
     def _worker_command(self) -> list[str]:
-        python = self.option("python") or (sys.executable if not self.ssh else "python3")
+        python = self._worker_python()
         if not self.ssh:
             return [python, str(WORKER_SCRIPT)]
         return ["ssh", "-o", "BatchMode=yes", self.ssh, shlex.join([python, f"{self.device_dir}/lite_worker.py"])]
@@ -332,7 +423,17 @@ class LiteEngine(Engine):
             if self._worker is None:
                 self._log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="bisect-lite-lite-"))
                 self._worker = Worker(str(self.spec), self._log_dir / "worker.log", command=self._worker_command())
+            log = self._log_dir / "worker.log" if self._log_dir else None
+            log_offset = log.stat().st_size if log is not None and log.exists() else 0
             result = self._worker.run(job, timeout, extra=request)
+            self._check_runtime(self._worker.info)
+            if READBACK_ERROR in result.message:
+                raise EngineUnavailable(
+                    f"engine {self.spec}: the Paddle-Lite environment ({self._worker_python()}) garbles inputs, so "
+                    f"none of its results can be trusted: {result.message.split(READBACK_ERROR, 1)[1].strip(': ')}"
+                )
+            if result.status == "crash" and log is not None:
+                result = self._explain_crash(result, log, log_offset)
             if result.ok and remote_job:
                 self._scp([f"{self.ssh}:{remote_job}/outputs.npz"], str(job.outputs_file))
             return result
@@ -404,6 +505,8 @@ class LiteEngine(Engine):
             raise EngineUnavailable(f"engine {self.spec}: the phone is not usable: {exc}") from None
         local_in = job.outputs_file.parent / "in"
         local_out = job.outputs_file.parent / "out"
+        for stale in (local_in, local_out):  # a job directory retried by the runner: never pull into old files
+            shutil.rmtree(stale, ignore_errors=True)
         local_in.mkdir()
         with np.load(job.inputs_file, allow_pickle=False) as data:
             for i, name in enumerate(job.feeds):
@@ -467,3 +570,110 @@ class LiteEngine(Engine):
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
+
+
+# ---- crash reasons -----------------------------------------------------------------------------------------
+class OptCrash(RuntimeError):
+    """opt failed on a model: the message is one line; `details` has stage, signal, fatal line and frames."""
+
+    def __init__(self, details: dict[str, Any]) -> None:
+        super().__init__(details["message"])
+        self.details = details
+
+
+def _exit_code(text: str) -> int | None:
+    import signal
+
+    match = re.match(r"killed by signal (\w+)", text)
+    if match:
+        name = match.group(1)
+        return -int(name) if name.isdigit() else -int(getattr(signal.Signals, name, 0))
+    match = re.match(r"exit code (-?\d+)", text)
+    return int(match.group(1)) if match else None
+
+
+def _fatal_line(lines: list[str]) -> str | None:
+    """Paddle-Lite's own reason: a glog fatal line (`[F 11/26 ... file.h:118 Fn] Check failed: ...` or
+    `F1126 ... ] ...`), a `Check failed`, or a Python error raised by opt's script."""
+    for line in reversed(lines):
+        match = re.match(r"\[F \d+/\d+\s+[\d:.]+\s+(.*?)\]\s*(.+)", line) or re.match(
+            r"F\d{4} [\d:.]+\s+\d+\s+(.*?)\]\s*(.+)", line
+        )
+        if match:
+            where = match.group(1).strip().rsplit("/", 1)[-1]
+            return f"{match.group(2).strip()} ({where})" if where else match.group(2).strip()
+    for line in reversed(lines):
+        if "Check failed" in line or line.startswith(("Error", "RuntimeError", "ValueError", "terminate called")):
+            return line.strip()
+    return None
+
+
+def _frames(lines: list[str], limit: int = 6) -> list[str]:
+    """The top native frames printed by lite_worker's handler, demangled, without the handler's own."""
+    start = max((i for i, ln in enumerate(lines) if ln.startswith(NATIVE_STACK_MARK)), default=None)
+    if start is None:
+        return []
+    symbols = []
+    for line in lines[start + 1 :]:
+        match = re.match(r"(\S+)\(([^)+]*)\+0x[0-9a-f]+\)\s*\[0x[0-9a-f]+\]$", line.strip())
+        if not match:
+            if not re.match(r"\S+\(.*\)\s*\[0x", line.strip()):
+                break  # the end of the stack
+            continue
+        library, symbol = match.groups()
+        if not symbol or any(tag in library for tag in HANDLER_FRAMES):
+            continue
+        symbols.append(symbol)
+        if len(symbols) >= limit:
+            break
+    return [_short(name) for name in _demangle(symbols)]
+
+
+def _demangle(symbols: list[str]) -> list[str]:
+    if symbols and shutil.which("c++filt"):
+        try:
+            proc = subprocess.run(["c++filt"], input="\n".join(symbols), capture_output=True, text=True, timeout=10)
+            names = proc.stdout.splitlines()
+            if len(names) == len(symbols):
+                return names
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return symbols
+
+
+def _short(name: str) -> str:
+    """`paddle::lite::operators::FlattenContiguousRangeOp::InferType()` rather than every template argument."""
+    head, paren, _ = name.partition("(")
+    return f"{head}()" if paren else head
+
+
+def crash_details(text: str, code: int | None, stage: str, where: str) -> dict[str, Any]:
+    """What a dead opt or runtime process left: `stage` (build | run: the worker's last stage mark wins), the
+    signal or exit code, the fatal line, the top frames, and a one-line message built from them (never a tail
+    cut mid-word)."""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    marks = [ln[len(STAGE_MARK) :].split()[0] for ln in lines if ln.startswith(STAGE_MARK)]
+    if marks:
+        stage = marks[-1]
+    fatal = _fatal_line(lines)
+    frames = _frames(lines)
+    how = describe_exit(code) if code is not None else "failed"
+    doing = {
+        "build": "while building the program" + (" (opt)" if where == "opt" else " (predictor creation)"),
+        "run": "while running the program",
+    }.get(stage, stage)
+    message = f"Paddle-Lite {where} {how} {doing}"
+    if fatal:
+        message += f": {fatal}"
+    if frames:
+        message += f"; in {' <- '.join(frames[:3])}"
+    if not fatal and not frames:
+        last = next((ln.strip() for ln in reversed(lines) if not ln.startswith(STAGE_MARK)), "")
+        message += f": {last}" if last else " without a message"
+    details: dict[str, Any] = {"stage": stage, "crashed_in": where, "fatal": fatal, "frames": frames}
+    if code is not None and code < 0:
+        details["signal"] = describe_exit(code).removeprefix("killed by signal ")
+    elif code is not None:
+        details["exit_code"] = code
+    details["message"] = message
+    return details
