@@ -380,3 +380,73 @@ def test_simulator_agrees_with_real_opt(opt, capsys, tmp_path, name, place):
         if "order" in differing:  # the documented difference is the order alone: the same kernels
             assert sorted(real["order"]) == sorted(simulated["order"])
     assert differing == KNOWN_SIM_DIFFERENCES.get((name, place), set())
+
+
+# ------------------------------------------------------------------------------------------------ runs on the simulator
+# ARM/OpenCL kernels cannot run here, so whole runs use the simulator (checked against real opt above).
+
+SIM_DIR = Path(__file__).resolve().parent / "sim"
+POOL_FAULT = {"op_type": "pool2d", "place": "opencl", "kind": "offset", "value": 0.5}
+FC_FAULT = {"op_type": "fc", "place": "opencl", "kind": "scale", "value": 1.5}
+
+
+@pytest.fixture
+def sim_env(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SIM_DIR), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("BISECT_LITE_SIM_DIR", str(SIM_DIR))
+    monkeypatch.setenv("PYTHON", sys.executable)  # the simulated opt runs with this interpreter
+    for knob in ("PADDLELITE_SIM_FAULTS", "PADDLELITE_SIM_VERSION", "PADDLELITE_SIM_MEMORY_CONFIG_IGNORED"):
+        monkeypatch.delenv(knob, raising=False)
+    monkeypatch.delenv("OPENCL_MEMORY_CONFIG_FILE", raising=False)
+    return monkeypatch
+
+
+def sim_spec(place: str) -> str:
+    return f"lite:{place},opt={SIM_OPT},python={sys.executable}"
+
+
+def sim_run(tmp_path: Path, monkeypatch, faults: list[dict], strategy: str) -> dict:
+    from bisect_lite.bisector import RunOptions, run_bisect
+
+    monkeypatch.setenv("PADDLELITE_SIM_FAULTS", json.dumps(faults))
+    options = RunOptions(
+        ref=sim_spec("arm"),
+        target=sim_spec("opencl"),
+        out=tmp_path / "out",
+        inputs=FIXTURES / "resnet" / "inputs.npz",
+        minimise=False,
+        strategy=strategy,
+    )
+    return run_bisect(FIXTURES / "resnet", options)
+
+
+def test_bisection_on_the_simulator_blames_the_flatten_fc_group(sim_env, tmp_path):
+    """A faulty OpenCL fc kernel: the culprit is the whole real fc group (flatten + matmul_v2 + add + identity
+    scale, ops 43..46), not a single op nor a span of unrelated ops."""
+    report = sim_run(tmp_path, sim_env, [FC_FAULT], "bisect")
+    assert report["verdict"] == "mismatch"
+    culprit = report["culprits"][0]
+    assert (culprit["kind"], culprit["ops"]) == ("group", [43, 44, 45, 46]), culprit
+    assert not any("changed the fusion" in note for note in [*culprit.get("notes", []), *report["notes"]])
+
+
+def test_placement_search_on_the_simulator_moves_ops_and_blames_the_kernel(sim_env, tmp_path):
+    report = sim_run(tmp_path, sim_env, [POOL_FAULT], "placement")
+    assert report["verdict"] == "mismatch"
+    assert [(c["index"], c["type"], c["kind"]) for c in report["culprits"]] == [(42, "pool2d", "op")]
+    assert not [p for p in report["probes"] if "did not take effect" in p.get("message", "")]
+    configs = sorted((tmp_path / "out" / "placement").glob("cpu-first-*.txt"))
+    assert configs and all(c.read_text().startswith("device:cpu\n") and len(c.read_text()) > 12 for c in configs)
+    # Rules name tensors of the program without memory reuse (real opt's reuse would rename relu_0.tmp_0).
+    # Every config moves the first k kernels, so each starts with the first conv (conv+bn+relu, writing relu_0).
+    assert all(c.read_text().splitlines()[1] == "conv2d:image:relu_0.tmp_0" for c in configs)
+
+
+def test_a_placement_that_does_not_take_effect_is_skipped_and_said(sim_env, tmp_path):
+    sim_env.setenv("PADDLELITE_SIM_MEMORY_CONFIG_IGNORED", "conv2d")
+    sim_env.setenv("BISECT_LITE_CACHE", str(tmp_path / "cache"))  # no conversion from the test above
+    report = sim_run(tmp_path, sim_env, [POOL_FAULT], "placement")
+    skipped = [p for p in report["probes"] if "did not take effect" in p.get("message", "")]
+    assert skipped and all(p["verdict"] == "skip" for p in skipped)
+    assert any("placement did not take effect" in note and "conv2d" in note for note in report["notes"])
+    assert report["culprits"] == []  # the tool could not move the ops: nothing is blamed

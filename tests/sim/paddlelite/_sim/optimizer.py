@@ -20,6 +20,7 @@ Each op of the optimised program carries:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -829,13 +830,16 @@ def _place(g: _Graph, enable_fp16: bool, memory_config: str | None) -> None:
     cpu_rules, buf_rules = (
         parse_memory_config(memory_config) if (memory_config and "opencl" in g.targets) else ([], [])
     )
+    # Users report that OPENCL_MEMORY_CONFIG_FILE did not always take effect: PADDLELITE_SIM_MEMORY_CONFIG_IGNORED
+    # (comma-separated op types) makes the simulator ignore the device:cpu rules of those ops.
+    ignored = {x for x in os.environ.get("PADDLELITE_SIM_MEMORY_CONFIG_IGNORED", "").split(",") if x}
     for n in g.nodes:
         t = n.type
         if t in ("feed", "fetch"):
             n.place = "host"
             continue
         if primary == "opencl":
-            cpu = any(_rule_matches(n, r) for r in cpu_rules)
+            cpu = t not in ignored and any(_rule_matches(n, r) for r in cpu_rules)
             n.buffer = not cpu and t in OPENCL_KERNELS and any(_rule_matches(n, r) for r in buf_rules)
             # CorrectArgumentPlace's image rules only apply to Image2D kernels; buffer kernels keep the rule
             # about persistable inputs.
