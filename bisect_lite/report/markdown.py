@@ -149,7 +149,8 @@ def _culprit_section(n: int, total: int, c: Mapping[str, Any]) -> list[str]:
 
     isolated = c.get("isolated")
     if isolated:
-        out.append("The op alone, fed the reference engine's inputs:")
+        what = "The op" if kind == "op" else f"These {len(ops)} ops" if ops else "The ops"
+        out.append(f"{what} alone at full size, fed the reference engine's inputs:")
         out.append("")
         out.extend(_metrics_table(isolated.get("tensors") or [], isolated.get("missing") or []))
 
