@@ -59,7 +59,9 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any]) -> ProbeOutcome:
         pass
     ctx.events("phase", {"name": "target", "detail": "outputs within precision: judging every tensor"})
     with ctx.phase("confirm"):
-        deep = deep_check(ctx.model, ctx.values, ctx.target, ctx.judge, skip=hidden)
+        deep = deep_check(
+            ctx.model, ctx.values, ctx.target, ctx.precision, ctx.expectations, ctx.options.compare, skip=hidden
+        )
     report["full_model"]["every_tensor"] = {
         "checked": deep.checked,
         "runs": deep.runs,
@@ -71,6 +73,7 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any]) -> ProbeOutcome:
     if deep.blame is None:
         return ProbeOutcome(Status.PASS)
     ctx.notes.append(
+    assert ctx.precision is not None and ctx.options.compare is not None
         f"the outputs are within the precision model but {len(deep.failing)} inner tensors are beyond it "
         f"(first: {deep.failing[0]}, made by op {deep.blame}); the search starts there"
     )
