@@ -25,7 +25,6 @@ from pathlib import Path
 from bisect_lite.errors import InputError
 
 MARKER = ".bisect-lite"  # written into every directory bisect-lite creates for the user: "ours, may be replaced"
-LOCK = ".bisect-lite.lock"
 
 
 def _umask() -> int:
@@ -141,7 +140,7 @@ def check_output_dir(
     if not path.is_dir():
         raise InputError(f"{option} {path} exists and is not a directory; refusing to replace it")
     try:
-        entries = [e for e in os.listdir(path) if e not in (LOCK, MARKER)]  # a claim that wrote nothing yet
+        entries = [e for e in os.listdir(path) if e != MARKER]  # a claim that wrote nothing yet
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot list the directory ({exc.strerror})") from None
     if not entries:
@@ -217,7 +216,8 @@ def claim_output_dir(
     check_output_dir(path, protected=protected, force=force, resume=resume, option=option)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        # The directory itself is locked: no lock file to leave behind, or to race over when it is removed.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot write there ({exc.strerror})") from None
     try:
@@ -234,7 +234,7 @@ def claim_output_dir(
         # Checked again under the lock: the directory may have changed while we waited for it.
         check_output_dir(path, protected=protected, force=force, resume=resume, option=option)
         if force and not resume:
-            keep_names = {LOCK, MARKER, *keep}
+            keep_names = {MARKER, *keep}
             for entry in os.listdir(path):
                 if entry in keep_names:
                     continue

@@ -187,6 +187,14 @@ def test_resume_refuses_options_that_contradict_the_journal(tmp_path, capsys, ex
     assert snapshot(tmp_path) == before
 
 
+def test_resume_refuses_another_model(tmp_path, capsys):
+    out = tmp_path / "out"
+    recorded_run(out)
+    before = snapshot(tmp_path)
+    refused(*run_cli(["run", str(FIXTURES / "resnet"), "--out", str(out), "--resume"], capsys)[::2], "another model")
+    assert snapshot(tmp_path) == before
+
+
 def test_resume_on_a_missing_or_foreign_dir_says_so(tmp_path, capsys):
     refused(*run_cli(run_args(tmp_path / "nope", "--resume"), capsys)[::2], "does not exist")
     (tmp_path / "empty").mkdir()
