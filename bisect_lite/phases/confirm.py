@@ -23,7 +23,8 @@ def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutco
     whole, cmp = ctx.judge(first, expected, list(model.fetches))
     if whole.status == Status.CRASH:
         # Before hunting a crash: a target that cannot run even single ops of the model is a setup error.
-        with ctx.phase("confirm"):
+        # Counted apart: these runs check the environment, they do not localise (issue 10's confirm + search bound).
+        with ctx.phase("setup"):
             check_target_runs(ctx.target, model, ctx.values.get_many, ctx.values.__contains__)
     report.setdefault("warnings", []).extend(nonfinite_warnings(expected, inputs, model.params))
     report["full_model"] = {
