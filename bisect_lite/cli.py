@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bisect_lite.errors import BisectLiteError, InputError
+from bisect_lite.errors import BisectLiteError, EngineUnavailable, InputError
 
 app = typer.Typer(
     add_completion=False,
@@ -193,6 +193,41 @@ def extract(
     out.print(f"wrote {output} ({len(sub.ops)} ops, feeds: {', '.join(sub.feeds)}, fetches: {', '.join(sub.fetches)})")
 
 
+@app.command("lite-compat")
+def lite_compat(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory to write the repaired copy into.")],
+    params: ParamsOpt = None,
+    force: ForceOpt = False,
+    as_json: Json = False,
+) -> None:
+    """Write a copy of a Paddle 3.x model that Paddle-Lite 2.13 loads (known schema drift repaired), checked by
+    converting it with real opt for every target."""
+    from bisect_lite.lite_compat import check_with_real_opt, repaired
+    from bisect_lite.model import load_model
+
+    source = load_model(model, params)
+    fixed, drift = repaired(source)
+    if not drift:
+        message = "no known schema drift between this model and Paddle-Lite 2.13: nothing to repair, nothing written"
+        if as_json:
+            _print_json({"drift": [], "written": None})
+        else:
+            out.print(message)
+        return
+    try:
+        targets = check_with_real_opt(fixed)
+    except RuntimeError as exc:  # opt still fails: say so and write nothing
+        raise EngineUnavailable(f"the repaired copy still fails in real opt: {exc}") from None
+    _save_model_output(fixed, output, source, params, force)
+    if as_json:
+        _print_json({"drift": [d.describe() for d in drift], "written": str(output), "opt_checked": targets})
+        return
+    for d in drift:
+        out.print(f"repaired: {d.describe()}")
+    out.print(f"wrote {output}: real opt converts it for {', '.join(targets)}")
+
+
 # ---- engine commands -----------------------------------------------------------------------------------
 RefOpt = Annotated[str | None, typer.Option("--ref", help="Reference engine spec (default: lite:arm when reachable).")]
 TargetOpt = Annotated[
@@ -287,6 +322,39 @@ def engines(as_json: Json = False) -> None:
         opts = ", ".join([*r["words"], *(f"{k}=" for k in r["options"] if k != "template")])
         table.add_row(r["name"], "yes" if r["available"] else "no", r["version"] or r["why_not"], opts, r["summary"])
     out.print(table)
+    lite = next((r["paddle_lite"] for r in rows if "paddle_lite" in r), None)
+    if lite and lite["installed"]:
+        out.print(
+            f"Paddle-Lite {lite['version']} in {lite['root']}: converts for {', '.join(lite['converts'])}; "
+            f"runs here: {', '.join(lite['runs']) or 'nothing'}"
+        )
+    elif lite:
+        out.print("Paddle-Lite: not set up (bisect-lite setup lite)")
+
+
+@app.command()
+def setup(
+    what: Annotated[str, typer.Argument(help="What to provision: lite (real Paddle-Lite: opt and runtime).")],
+    python: Annotated[
+        Path | None, typer.Option("--python", help="A CPython 3.10 or 3.8 to build from (default: searched).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a working environment exists.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Build a private environment holding real Paddle-Lite (paddlelite 2.13rc0, numpy<2) and verify it."""
+    from bisect_lite.lite_env import describe_lite_env, setup_lite_env
+
+    if what != "lite":
+        raise InputError(f"setup {what!r}: the only thing to set up is `lite` (real Paddle-Lite)")
+    env, reused = setup_lite_env(python, force=force, say=(lambda _: None) if as_json else err.print)
+    if as_json:
+        _print_json({**describe_lite_env(env), "reused": reused})
+        return
+    state = "already set up" if reused else "set up"
+    out.print(
+        f"Paddle-Lite {env.version} {state} in {env.root} (manifest {env.manifest}): converts for "
+        f"{', '.join(env.converts)}; runs here: {', '.join(env.runs) or 'nothing'}"
+    )
 
 
 @app.command()

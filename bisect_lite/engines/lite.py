@@ -61,7 +61,7 @@ READBACK_ERROR = "input read-back mismatch"  # lite_worker.READBACK_ERROR: the e
 STAGE_MARK = "[bisect-lite] stage="  # lite_worker.STAGE_MARK
 NATIVE_STACK_MARK = "*** native stack at signal"  # lite_worker.NATIVE_STACK_MARK
 # Frames of the crash handler itself and of the interpreter: never where Paddle-Lite died.
-HANDLER_FRAMES = ("libc.so", "libffi", "_ctypes", "libpython", "/python3", "ld-linux", "libpthread")
+HANDLER_FRAMES = ("libc.so", "libffi", "_ctypes", "libpython", "python3", "ld-linux", "libpthread")
 # Any non-empty OPENCL_MEMORY_CONFIG_FILE turns off opt's memory_optimize_pass (ARM and OpenCL), whose tensor
 # renaming would hide what was fused; a section header alone moves nothing. An EMPTY file makes opt throw.
 NO_REUSE_CONFIG = "device:cpu\n"
@@ -621,7 +621,7 @@ def _frames(lines: list[str], limit: int = 6) -> list[str]:
                 break  # the end of the stack
             continue
         library, symbol = match.groups()
-        if not symbol or any(tag in library for tag in HANDLER_FRAMES):
+        if not symbol or any(tag in Path(library).name for tag in HANDLER_FRAMES):
             continue
         symbols.append(symbol)
         if len(symbols) >= limit:

@@ -56,9 +56,17 @@ def list_engines() -> list[dict[str, Any]]:
                 "version": version if reason is None else None,
                 "words": cls.words,
                 "options": cls.option_help,
+                **({"paddle_lite": _paddle_lite_facts()} if name == "lite" else {}),
             }
         )
     return rows
+
+
+def _paddle_lite_facts() -> dict[str, Any]:
+    """The provisioned real Paddle-Lite: version, where it lives, targets it converts vs runs here."""
+    from bisect_lite.lite_env import describe_lite_env, find_lite_env
+
+    return describe_lite_env(find_lite_env())
 
 
 HOST_HINT = "--ref paddle --target fp16 emulates OpenCL fp16 storage on this machine"
