@@ -633,9 +633,12 @@ def check_seed(seed: int | None) -> int:
     return check(0 if seed is None else seed)
 
 
+MAX_TIMEOUT = 1e6  # about 11 days; beyond it the OS cannot wait (time_t overflow)
+
+
 def check_timeout(timeout: float) -> float:
-    if not math.isfinite(timeout) or timeout <= 0:
-        raise InputError(f"--timeout {timeout}: expected a positive, finite number of seconds")
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise InputError(f"--timeout {timeout:g}: expected a number of seconds above 0 and at most {MAX_TIMEOUT:g}")
     return timeout
 
 

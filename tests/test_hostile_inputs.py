@@ -154,6 +154,7 @@ def test_bad_inputs_files(tmp_path, capsys):
         ["--timeout", "nan"],
         ["--timeout", "0"],
         ["--timeout", "-5"],
+        ["--timeout", "1e300"],
         ["--shape", "image=100000,100000,100000,3"],
         ["--shape", "image=1,3,99999999999,2"],
         ["--shape", "image=0,3"],
