@@ -48,6 +48,7 @@ def culprit_entry(
         isolated_rel_l2=worst.rel_l2 if worst else None,
         nondeterministic=nondet,
         message=confirmed.get("message") or last_message(ctx),
+        op={"type": op.type, "inputs": op.inputs, "outputs": op.outputs, "attrs": model.op_attrs(op.index)},
     )
     ops = list(repro.get("ops") or [op.index])
     notes = list(repro.get("tried", []))

@@ -81,6 +81,7 @@ def diagnose(
     nondeterministic: bool = False,
     message: str = "",
     ref_inputs: Mapping[str, np.ndarray] | None = None,
+    op: Mapping[str, Any] | None = None,
 ) -> Diagnosis:
     """Classify the culprit's fault.
 
@@ -88,9 +89,10 @@ def diagnose(
     depth_errors: (op index, rel_l2) of every probe, passing and failing, in any order.
     isolated_rel_l2: the culprit alone, fed the reference engine's inputs.
     ref_inputs: the culprit's reference input values, if known (lets an overflow inside the op be recognised).
+    op: the culprit's type, slots and attributes (`type`, `inputs`, `outputs`, `attrs`), shown beside a crash.
     """
     if status in CRASH_STATUSES:
-        return _finish(_crash(status, message))
+        return _finish(_crash(status, message, op))
     tol = DEFAULT_TOLERANCE
     if metrics is not None and metrics.atol is not None and metrics.rtol is not None:
         tol = Tolerance(metrics.atol, metrics.rtol)  # judge the pattern with the tolerance the tensor failed
@@ -125,13 +127,40 @@ def diagnose(
 # Patterns
 
 
-def _crash(status: str, message: str) -> Diagnosis:
-    tail = " ".join(message.strip().splitlines()[-3:])[-300:] if message.strip() else ""
+CRASH_MESSAGE_LIMIT = 800
+
+
+def _crash(status: str, message: str, op: Mapping[str, Any] | None = None) -> Diagnosis:
+    from bisect_lite.lite_compat import op_drift
+
+    tail = " ".join(message.strip().splitlines()[-3:]) if message.strip() else ""
+    if len(tail) > CRASH_MESSAGE_LIMIT:  # keep the start (Paddle-Lite's reason) and whole words
+        tail = tail[:CRASH_MESSAGE_LIMIT].rsplit(" ", 1)[0] + " ..."
     what = "timed out" if status == "timeout" else "crashed"
     summary = f"The target engine {what} on this op" + (f": {tail}" if tail else " (no message).")
     if tail and not summary.endswith("."):
         summary += "."
-    return Diagnosis("crash", summary, {"status": status, "message_tail": tail})
+    evidence: dict[str, Any] = {"status": status, "message_tail": tail}
+    # Paddle-Lite engines say where they died (bisect_lite/engines/lite.py crash_details).
+    if "while building the program" in message:
+        evidence["stage"] = "build (the program was being optimised or loaded: opt or predictor creation)"
+    elif "while running the program" in message:
+        evidence["stage"] = "run (the predictor was built; it died in Run())"
+    if op is not None:
+        evidence["op_type"] = op.get("type")
+        evidence["op_inputs"] = {k: list(v) for k, v in (op.get("inputs") or {}).items()}
+        evidence["op_outputs"] = {k: list(v) for k, v in (op.get("outputs") or {}).items()}
+        evidence["op_attrs"] = {k: v for k, v in (op.get("attrs") or {}).items() if not k.startswith("op_")}
+        drift = op_drift(str(op.get("type")), op.get("outputs") or {}, op.get("attrs") or {})
+        if drift and status == "crash":
+            missing, effect = drift
+            evidence["schema_drift"] = f"{op.get('type')} has no {missing}"
+            summary += (
+                f" Known schema drift between Paddle 3.x programs and Paddle-Lite 2.13: this {op.get('type')} has "
+                f"no {missing} ({effect}). `bisect-lite lite-compat MODEL -o DIR` writes a copy of the model that "
+                "Paddle-Lite loads, checked with real opt."
+            )
+    return Diagnosis("crash", summary, evidence)
 
 
 def _array_patterns(

@@ -169,6 +169,12 @@ def _summary(
         text = f"paddle2onnx cannot convert `{op_type}` ({where}) to ONNX; {ref} runs it."
     elif crash:
         text = f"`{op_type}` ({where}) crashes on {on}; the same op runs on {ref}."
+        # Paddle-Lite engines record where it died (bisect_lite/engines/lite.py crash_details).
+        message = str(repro.get("message") or ((repro.get("diagnosis") or {}).get("summary")) or "")
+        if "while building the program" in message:
+            text += " Paddle-Lite fails while building the program (opt / predictor creation), before any kernel runs."
+        elif "while running the program" in message:
+            text += " Paddle-Lite builds the program and fails while running it."
     else:
         text = f"`{op_type}` ({where}) gives a different output on {on} than on {ref}"
         if worst:
