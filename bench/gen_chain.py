@@ -1,10 +1,10 @@
 """Generate a long chain of cheap ops (default 5,000) as a legacy-format Paddle model, for cost benchmarks.
 
-Each block is scale -> elementwise_add (a parameter) -> tanh -> scale, on a [1, 8, 16, 16] float32 tensor: the
-values stay in a sane range at any depth, every op has one input and one output (the frontier of every cut is
-one tensor), and the whole model's activations are ~40 MB. Deterministic for a given --ops and --seed.
-Usage: python bench/gen_chain.py OUT_DIR [--ops 5000] [--seed 0]   (writes OUT_DIR/model.pdmodel, .pdiparams and
-inputs.npz)
+Each block is scale -> elementwise_add (a parameter) -> tanh -> scale, on a [1, 8, 16, 16] float32 tensor (or
+--shape): the values stay in a sane range at any depth, every op has one input and one output (the frontier of
+every cut is one tensor), and the whole model's activations are ~40 MB. Deterministic for a given --ops and --seed.
+Usage: python bench/gen_chain.py OUT_DIR [--ops 5000] [--seed 0] [--shape C,H,W]
+(writes OUT_DIR/model.pdmodel, model.pdiparams and inputs.npz)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 
-def build(out: Path, ops: int, seed: int) -> None:
+def build(out: Path, ops: int, seed: int, shape: tuple[int, int, int] = (8, 16, 16)) -> None:
     os.environ["FLAGS_enable_pir_api"] = "0"  # noqa: SIM112 (paddle flag names are case-sensitive)
     import numpy as np
     import paddle
@@ -24,7 +24,7 @@ def build(out: Path, ops: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     program = paddle.static.Program()
     block = program.global_block()
-    shape = [1, 8, 16, 16]
+    shape = [1, *shape]
     # Functional APIs raise in legacy static mode (paddle 3.x): ops are appended directly, as fixtures/generate.py
     with paddle.static.program_guard(program, paddle.static.Program()):
         x = paddle.static.data("x", shape, "float32")
@@ -55,8 +55,10 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--ops", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", default="8,16,16", help="C,H,W of every tensor (batch 1)")
     args = parser.parse_args()
-    build(args.out, args.ops, args.seed)
+    c, h, w = (int(d) for d in args.shape.split(","))
+    build(args.out, args.ops, args.seed, (c, h, w))
     print(f"wrote {args.out} ({args.ops} ops)", file=sys.stderr)
 
 
