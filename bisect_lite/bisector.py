@@ -40,7 +40,7 @@ from bisect_lite.phases.minimise import minimise_shapes
 from bisect_lite.phases.observe import search_runs
 from bisect_lite.phases.reference import compute_reference
 from bisect_lite.phases.search import placement_search, search_segment, segment_outcome, target_groups
-from bisect_lite.precision import EMULATION_SPEC, PrecisionRule, depth_curve, explain_within, resolve_rule
+from bisect_lite.precision import EMULATION_SPEC, PrecisionRule, explain_within, resolve_rule
 from bisect_lite.preflight import check_comparable, check_spec_fits_model
 from bisect_lite.reference import ReferenceValues
 from bisect_lite.search import Status, expected_probes
@@ -308,7 +308,6 @@ def within_precision(ctx: RunContext, report: dict[str, Any]) -> str:
     report["precision"].update(
         explain_within(ctx.model, ctx.precision, comparison, ctx.expectations, ctx.target.spec, checked)
     )
-    report["precision"]["depth"] = depth_curve(ctx.model, ctx.expectations)
     return "precision"
 
 

@@ -468,6 +468,7 @@ class DeepCheck:
     blame: int | None = None  # earliest producer of a tensor beyond precision
     comparison: Comparison | None = None  # the failing batch's, or the last one's
     crashed: str = ""
+    depth: list[tuple[int, float]] = field(default_factory=list)  # (op index, worst target rel L2 of its outputs)
 
 
 def deep_check(
@@ -505,6 +506,9 @@ def deep_check(
                 cmp.tensors.append(judge_tensor(rule, name, values[name], outputs[name], expectations, config))
         check.checked += len(names)
         check.comparison = cmp
+        for m in cmp.tensors:
+            if m.rel_l2 is not None and math.isfinite(m.rel_l2) and m.name in producers:
+                check.depth.append((producers[m.name], m.rel_l2))
         if not cmp.passed:
             check.failing = cmp.failing
             check.blame = min(producers.get(n, len(model.ops)) for n in cmp.failing)

@@ -72,9 +72,9 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any]) -> ProbeOutcome:
     }
     report["precision"]["tensors_checked"] = deep.checked + len(ctx.model.fetches)
     if deep.blame is None:
+    assert ctx.precision is not None and ctx.options.compare is not None
         return ProbeOutcome(Status.PASS)
     ctx.notes.append(
-    assert ctx.precision is not None and ctx.options.compare is not None
         f"the outputs are within the precision model but {len(deep.failing)} inner tensors are beyond it "
         f"(first: {deep.failing[0]}, made by op {deep.blame}); the search starts there"
     )
@@ -84,3 +84,4 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any]) -> ProbeOutcome:
 def same_values(a: np.ndarray, b: np.ndarray) -> bool:
     """Bitwise-equal results (NaN equals NaN: a deterministic NaN is not non-determinism)."""
     return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+    report["precision"]["target_depth"] = deep.depth

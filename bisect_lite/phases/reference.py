@@ -32,6 +32,9 @@ def compute_reference(ctx: RunContext, report: dict[str, Any]) -> None:
                 on_batch=lambda i, total: ctx.events("batch", {"done": i, "total": total}),
             )
         ctx.expectations = expectations.errors
+        from bisect_lite.precision import depth_curve
+
+        report["precision"]["depth"] = depth_curve(ctx.model, expectations.errors)
         report["precision"]["expectation_seconds"] = round(expectations.seconds, 3)
         report["precision"]["tensors_with_expectation"] = len(expectations.errors)
     report["reference_nondeterministic"] = bool(values.nondeterministic)

@@ -39,7 +39,7 @@ def render_report(report: Mapping[str, Any], plot_file: str | None) -> str:
     if culprits:
         for n, c in enumerate(culprits, 1):
             out.extend(_culprit_section(n, len(culprits), c))
-    elif report.get("verdict") != "match":
+    elif report.get("verdict") not in ("match", "precision"):
         out += [
             "## Culprit",
             "",
@@ -47,7 +47,7 @@ def render_report(report: Mapping[str, Any], plot_file: str | None) -> str:
             "",
         ]
 
-    if probes:
+    if probes or (report.get("precision") or {}).get("depth"):
         out += ["## Error vs depth", ""]
         if plot_file:
             out.append(f"![worst rel L2 per probe against the cut op index]({plot_file})")
@@ -55,6 +55,7 @@ def render_report(report: Mapping[str, Any], plot_file: str | None) -> str:
             out.append("_Plot skipped: matplotlib is not installed (`pip install matplotlib` to get it)._")
         out.append("")
 
+    out.extend(_precision(report))
     out.extend(_full_model(report))
     out.extend(_probe_log(probes, op_types))
     out.extend(_statistics(report, probes))
@@ -76,6 +77,13 @@ def _verdict_line(report: Mapping[str, Any], culprits: list[Mapping[str, Any]]) 
         return (
             f"**Verdict: match** — `{target}` agrees with `{reference}` on the full model within tolerance; "
             "there was nothing to bisect."
+        )
+    if verdict == "precision":
+        prec = report.get("precision") or {}
+        return (
+            f"**Verdict: precision** — `{target}` differs from `{reference}` only by half-precision rounding, "
+            f"no kernel bug. {_esc(_one_line(str(prec.get('summary', '')), 1500))} "
+            f"To confirm: {_esc(_one_line(str(prec.get('confirm', '')), 500))}."
         )
     what = "crashes on" if verdict == "crash" else "differs from the reference on"
     head = f"**Verdict: {verdict}** — `{target}` {what} the full model"
@@ -180,6 +188,46 @@ def _culprit_section(n: int, total: int, c: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _precision(report: Mapping[str, Any]) -> list[str]:
+    """Which judgement was used (precision model or tolerances), what it assumes, and for a `precision` verdict
+    the ops where the expected half-precision error grows most."""
+    prec = report.get("precision") or {}
+    if not prec:
+        return []
+    out = ["## Judgement", ""]
+    if prec.get("model") != "precision":
+        return [*out, f"Tolerances (atol/rtol) judge every tensor: {_esc(str(prec.get('why', '')))}.", ""]
+    declared = {
+        "engine": "stated by the engine",
+        "--target-precision": "declared with --target-precision",
+        "undeclared": "**not declared: treated as half precision** (pass --target-precision fp32 if it is not)",
+    }.get(str(prec.get("declared_by")), str(prec.get("declared_by")))
+    out += [
+        f"Precision model: the target computes in {_esc(str(prec.get('target_precision')))} ({declared}), "
+        f"accumulation assumed {_esc(str(prec.get('accumulation')))}, K = {prec.get('factor')}. "
+        f"{_esc(str(prec.get('rule', '')))}. Expected errors: {_esc(str(prec.get('expected_from', '')))}"
+        + (f", {prec['tensors_with_expectation']} tensors" if prec.get("tensors_with_expectation") else "")
+        + (f", {prec['expectation_seconds']:.1f} s" if prec.get("expectation_seconds") is not None else "")
+        + ".",
+        "",
+    ]
+    top = prec.get("contributors") or []
+    if top:
+        out += [
+            "Where the half-precision error accumulates (expected rel L2 added by each op):",
+            "",
+            "| op | type | tensor | expected rel L2 | from its inputs | added |",
+            "|---:|---|---|---:|---:|---:|",
+        ]
+        for c in top:
+            out.append(
+                f"| {c.get('index')} | {_esc(str(c.get('type')))} | {_esc(str(c.get('tensor')))} "
+                f"| {_num(c.get('expected_rel_l2'))} | {_num(c.get('inputs_rel_l2'))} | {_num(c.get('added'))} |"
+            )
+        out.append("")
+    return out
+
+
 def _full_model(report: Mapping[str, Any]) -> list[str]:
     full = report.get("full_model") or {}
     comp = full.get("comparison") if isinstance(full, Mapping) else None
@@ -204,8 +252,9 @@ def _probe_log(probes: list[Mapping[str, Any]], op_types: Mapping[int, str]) -> 
         "",
     ]
     out += [
-        "| # | segment | cut | op at cut | verdict | blame | worst tensor | worst rel L2 | s | message |",
-        "|---:|---:|---:|---|---|---:|---|---:|---:|---|",
+        "| # | segment | cut | op at cut | verdict | blame | worst tensor | worst rel L2 | expected (fp16) | s "
+        "| message |",
+        "|---:|---:|---:|---|---|---:|---|---:|---:|---:|---|",
     ]
     for n, p in enumerate(probes, 1):
         cut = p.get("cut")
@@ -216,10 +265,19 @@ def _probe_log(probes: list[Mapping[str, Any]], op_types: Mapping[int, str]) -> 
         out.append(
             f"| {n} | {p.get('segment', 0)} | {cut} | {_esc(op_types.get(cut, '')) if isinstance(cut, int) else ''} "
             f"| {shown} | {'' if blame is None else blame} | {_esc(worst)} | {_num(p.get('worst_rel_l2'))} "
+            f"| {_expected_cell(p.get('metrics') or [], worst)} "
             f"| {_num(p.get('seconds'), 3)} | {_esc(_one_line(str(p.get('message') or ''), 80))} |"
         )
     out.append("")
     return out
+
+
+def _expected_cell(metrics: Sequence[Mapping[str, Any]], worst: str) -> str:
+    """The precision model's expected rel L2 (and bound) of the probe's worst tensor; blank under tolerances."""
+    for m in metrics:
+        if m.get("name") == worst and m.get("judged_by") == "precision":
+            return f"{_num(m.get('expected_rel_l2'))} (bound {_num(m.get('bound_rel_l2'))})"
+    return ""
 
 
 def _statistics(report: Mapping[str, Any], probes: list[Mapping[str, Any]]) -> list[str]:

@@ -14,10 +14,20 @@ def write_run_report(out: Path, report: dict[str, Any]) -> None:
     from bisect_lite.report.plot import plot_error_vs_depth
 
     plot = None
-    if report.get("probes"):
+    precision = report.get("precision") or {}
+    if report.get("probes") or precision.get("depth"):
         culprits = [c["index"] for c in report.get("culprits", [])]
         title = f"{Path(report['model']).name}: {report['target']['engine']} vs {report['reference']['engine']}"
-        written = plot_error_vs_depth(report["probes"], culprits, report["ops"], out / "error-vs-depth.png", title)
+        written = plot_error_vs_depth(
+            report.get("probes") or [],
+            culprits,
+            report["ops"],
+            out / "error-vs-depth.png",
+            title,
+            expected=precision.get("depth"),
+            factor=precision.get("factor"),
+            target_depth=precision.get("target_depth"),
+        )
         plot = written.name if written else None
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "report.md", render_report(report, plot))
