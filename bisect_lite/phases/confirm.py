@@ -59,6 +59,7 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any]) -> ProbeOutcome:
     except (RuntimeError, InputError):
         pass
     ctx.events("phase", {"name": "target", "detail": "outputs within precision: judging every tensor"})
+    assert ctx.precision is not None and ctx.options.compare is not None
     with ctx.phase("confirm"):
         deep = deep_check(
             ctx.model, ctx.values, ctx.target, ctx.precision, ctx.expectations, ctx.options.compare, skip=hidden
@@ -71,8 +72,8 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any]) -> ProbeOutcome:
         "comparison": deep.comparison.to_dict() if deep.comparison and deep.failing else None,
     }
     report["precision"]["tensors_checked"] = deep.checked + len(ctx.model.fetches)
+    report["precision"]["target_depth"] = deep.depth
     if deep.blame is None:
-    assert ctx.precision is not None and ctx.options.compare is not None
         return ProbeOutcome(Status.PASS)
     ctx.notes.append(
         f"the outputs are within the precision model but {len(deep.failing)} inner tensors are beyond it "
@@ -84,4 +85,3 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any]) -> ProbeOutcome:
 def same_values(a: np.ndarray, b: np.ndarray) -> bool:
     """Bitwise-equal results (NaN equals NaN: a deterministic NaN is not non-determinism)."""
     return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
-    report["precision"]["target_depth"] = deep.depth
