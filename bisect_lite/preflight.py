@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
+from bisect_lite.engines.base import RunResult
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable, InputError
 from bisect_lite.model import Model, extract
@@ -34,10 +35,12 @@ def check_spec_fits_model(spec: str, model: Model) -> None:
     (or everything): refuse it (exit 2) rather than report a vacuous match."""
     from bisect_lite.engines.fp16 import Fp16Engine
     from bisect_lite.engines.registry import create_engine
+    from bisect_lite.engines.spec import parse_spec
 
-    engine = create_engine(spec)
-    if not isinstance(engine, Fp16Engine):
+    if parse_spec(spec).name != Fp16Engine.name:
         return
+    engine = create_engine(spec)
+    assert isinstance(engine, Fp16Engine)
     present = {op.type for op in model.ops} | {"feed"}
     for key, named in (("ops", engine.only), ("skip", engine.skip)):
         unknown = sorted(set(named or ()) - present)
@@ -65,10 +68,16 @@ def check_target_runs(
     model: Model,
     values: Callable[[list[str]], dict[str, np.ndarray]],
     available: Callable[[str], bool],
+    judge: Callable[[RunResult, Model], str | None] | None = None,
 ) -> None:
     """After the target failed on the whole model: run single ops of it (distinct types, op 0 first) on the
-    target. One that runs proves the engine works, so the failure belongs to the model; none running means the
-    engine cannot run here (a runner that cannot start, a bad option, a missing device): EngineUnavailable."""
+    target. One that works proves the engine works, so the failure belongs to the model; none working means the
+    engine cannot run here (a runner that cannot start, a bad option, a missing device, a runner returning garbage):
+    EngineUnavailable, and nobody is blamed.
+
+    Without `judge`, an op works when the target returns a result; `judge(result, sub)` may also demand a right
+    one: it returns None when the op works, else what was wrong ("" when it cannot tell: the op is not counted).
+    """
     failures: list[tuple[str, str]] = []
     for index in setup_ops(model, available):
         try:
@@ -76,9 +85,12 @@ def check_target_runs(
         except InputError:
             continue
         result = target.run(sub, values(list(sub.feeds)))
-        if result.ok:
+        wrong = (None if result.ok else result.message) if judge is None or not result.ok else judge(result, sub)
+        if wrong is None:
             return
-        failures.append((model.ops[index].type, result.message))
+        if not wrong:
+            continue
+        failures.append((model.ops[index].type, wrong))
         if len(failures) >= SETUP_PROBES:
             break
     if failures:

@@ -150,11 +150,35 @@ def test_a_target_that_runs_nothing_is_a_setup_error(template, tmp_path, capsys)
     assert code == 3 and "CRASH" not in out, (out, err)
 
 
+def test_a_target_that_gets_every_op_wrong_is_a_setup_error(tmp_path, capsys):
+    """A runner that answers every model with garbage (here: zeros of the wrong shape) would otherwise have op 0
+    blamed for a mismatch."""
+    runner = tmp_path / "garbage.py"
+    runner.write_text(
+        "import json, sys\nimport numpy as np\n"
+        "fetches = json.load(open(sys.argv[1]))['fetches']\n"
+        "np.savez(sys.argv[2], **{f: np.zeros(3, np.float32) for f in fetches})\n"
+    )
+    out_dir = tmp_path / "out"
+    target = f"cmd:{sys.executable} {runner} {{io}} {{outputs}}"
+    code, out, err = run_cli(
+        ["run", str(FIXTURES / "two_io"), "--ref", "paddle", "--target", target, "--out", str(out_dir)], capsys
+    )
+    assert code == 3, (out, err)
+    assert (
+        "fails on every op of this model tried alone (conv2d, batch_norm, relu)" in err and "nothing was blamed" in err
+    )
+    assert not list(out_dir.rglob("ISSUE.md")) and "culprit" not in out
+
+
 def test_a_crash_of_op_0_is_still_hunted(faulty, tmp_path):  # noqa: F811
     report = bisect("two_io", faulty({"kind": "crash", "tensor": "conv2d_0.tmp_0"}), tmp_path, minimise=False)
     assert report["verdict"] == "crash"
     [culprit] = report["culprits"]
     assert (culprit["index"], culprit["type"], culprit["diagnosis"]["kind"]) == (0, "conv2d", "crash")
+    # A wrong op 0 is still hunted as a mismatch (other ops alone are right).
+    report = bisect("two_io", faulty({"kind": "scale", "tensor": "conv2d_0.tmp_0", "factor": 1.3}), tmp_path / "b")
+    assert report["verdict"] == "mismatch" and [c["index"] for c in report["culprits"]] == [0]
 
 
 # ---- artefacts describe the repro ----------------------------------------------------------------------------

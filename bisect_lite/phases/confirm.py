@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from bisect_lite.engines.base import RunResult
+from bisect_lite.model import Model
 from bisect_lite.phases.context import RunContext
 from bisect_lite.preflight import check_target_runs, nonfinite_warnings
 from bisect_lite.search import ProbeOutcome, Status
@@ -21,11 +23,22 @@ def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutco
         first = ctx.target.run(model, inputs)
         second = ctx.target.run(model, inputs, use_cache=False)
     whole, cmp = ctx.judge(first, expected, list(model.fetches))
-    if whole.status == Status.CRASH:
-        # Before hunting a crash: a target that cannot run even single ops of the model is a setup error.
+    if whole.status in (Status.CRASH, Status.FAIL):
+        # Before any search: a target that cannot run (crash) or gets wrong (mismatch) every single op of the model
+        # it is given alone is a setup error, not the fault of op 0.
+        def wrong(result: RunResult, sub: Model) -> str | None:
+            if whole.status == Status.CRASH or any(f not in ctx.values for f in sub.fetches):
+                return None if result.ok else result.message
+            feeds = ctx.values.get_many(sub.feeds)
+            outcome, single = ctx.judge(result, ctx.values.get_many(sub.fetches), list(sub.fetches), sub, feeds)
+            if outcome.status == Status.PASS:
+                return None
+            worst = single.worst() if single else None
+            return f"wrong output {worst.name}: {worst.reason}" if worst else outcome.detail or "wrong output"
+
         # Counted apart: these runs check the environment, they do not localise (issue 10's confirm + search bound).
         with ctx.phase("setup"):
-            check_target_runs(ctx.target, model, ctx.values.get_many, ctx.values.__contains__)
+            check_target_runs(ctx.target, model, ctx.values.get_many, ctx.values.__contains__, wrong)
     report.setdefault("warnings", []).extend(nonfinite_warnings(expected, inputs, model.params))
     report["full_model"] = {
         "comparison": cmp.to_dict() if cmp else None,
