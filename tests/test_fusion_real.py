@@ -149,6 +149,23 @@ def check_group_is_one_kernel(model: Model, ops: list[int], kernel_type: str, at
         assert re.fullmatch(rf"(reshape2\+)*{kernel_type}(\+scale)?", types), (kernel_type, types, ops)
 
 
+def kernel_region(model: Model, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> list[int]:
+    """The original ops a kernel must compute, from dataflow alone: the ancestors of its outputs that are not
+    ancestors of its inputs (independent of the surviving-name rule that fusion_groups uses)."""
+
+    def ancestors(names: tuple[str, ...]) -> set[int]:
+        seen: set[int] = set()
+        stack = [model.producers[n] for n in names if n in model.producers]
+        while stack:
+            i = stack.pop()
+            if i not in seen:
+                seen.add(i)
+                stack.extend(model.producers[n] for n in model.ops[i].reads if n in model.producers)
+        return seen
+
+    return sorted(ancestors(outputs) - ancestors(inputs))
+
+
 # ------------------------------------------------------------------------------------------------ groups
 
 
@@ -177,6 +194,14 @@ def test_groups_of_ops_target_json_are_real_opts_kernels(opt, capsys, name, plac
     for op, row in zip(real, kernels, strict=True):
         attrs = {a.name: decode_attr(a) for a in optimized.block.ops[op.desc_index].attrs}
         check_group_is_one_kernel(model, row["ops"], op.type, attrs, {s for s, a in op.inputs.items() if a})
+    # Each group is the dataflow region between its kernel's inputs and outputs, plus ops opt eliminated whose
+    # output nothing reads any more (an identity scale in front of a fetch that now reads the producer).
+    everything_read = {t for k in optimized_ops(optimized) for t in k.inputs}
+    for kernel in optimized_ops(optimized):
+        group, region = kernels[kernel.index]["ops"], kernel_region(model, kernel.inputs, kernel.outputs)
+        assert set(region) <= set(group), (kernel, group, region)
+        for extra in set(group) - set(region):
+            assert not set(model.ops[extra].data_outputs()) & everything_read, (kernel, group, extra)
     # Placement and glue as real opt decided them.
     if place == "arm":
         assert {row["place"] for row in kernels} <= {"arm", "host"} and view["target"]["glue_ops"] == 0
