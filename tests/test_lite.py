@@ -347,6 +347,44 @@ def test_a_worker_that_dies_is_a_crash_not_a_timeout(tmp_path, monkeypatch):
         result = runner.run(model, inputs)
     assert result.status == "crash", f"{result.status} after {result.seconds:.1f} s: {result.message}"
     assert "Check failed" in result.message, result.message
+    # The predictor was built; the kernel aborted in Run(): the verdict says so and keeps the whole fatal line.
+    assert result.info["stage"] == "run" and result.info["signal"] == "SIGABRT", result.info
+    assert "while running the program" in result.message and result.info["fatal"].startswith("Check failed")
+    assert result.info["fatal"] in result.message
+
+
+# What real opt 2.13-rc printed on this machine for a Paddle 3.x relu6 without `threshold`, run under
+# lite_worker.py --trace (addresses shortened).
+REAL_OPT_ABORT = """Loading topology data from relu6/model.pdmodel
+1. Model is successfully loaded!
+[F 11/26  7: 9:54.877 ...e-Lite/lite/core/model/general/op_desc.h:118 GetAttr] Check failed: it != attrs().end(): \
+No attributes called threshold found for relu6
+*** native stack at signal 6 ***
+/lib/x86_64-linux-gnu/libc.so.6(+0x3c050)[0x7f8227a5a050]
+/lib/x86_64-linux-gnu/libc.so.6(gsignal+0x12)[0x7f8227a59fb2]
+/lib/x86_64-linux-gnu/libc.so.6(abort+0xd3)[0x7f8227a44472]
+/v/lib/python3.10/site-packages/paddlelite/lite.so(+0x7b368e)[0x7f82259b368e]
+/v/lib/python3.10/site-packages/paddlelite/lite.so(_ZN6paddle4lite9operators12ActivationOp10AttachImplERKNS0_7general6OpDescEPNS0_5ScopeE+0x10e7)[0x7f8225b548c7]
+/v/lib/python3.10/site-packages/paddlelite/lite.so(_ZN6paddle4lite6OpLite6AttachERKNS0_7general6OpDescEPNS0_5ScopeE+0x339)[0x7f8226651519]
+/root/.pyenv/versions/3.10.13/lib/libpython3.10.so.1.0(_PyEval_EvalFrameDefault+0x7941)[0x7fe55706ce81]
+""".replace("\\\n", "")
+
+
+def test_crash_details_keep_signal_fatal_line_frames_and_stage():
+    from bisect_lite.engines.lite import crash_details
+
+    details = crash_details(REAL_OPT_ABORT, -6, "build", "opt")
+    assert details["stage"] == "build" and details["signal"] == "SIGABRT"
+    assert details["fatal"] == (
+        "Check failed: it != attrs().end(): No attributes called threshold found for relu6 (op_desc.h:118 GetAttr)"
+    )
+    # Handler, libc and interpreter frames are dropped; Paddle-Lite's are demangled when c++filt exists.
+    assert len(details["frames"]) == 2 and "ActivationOp" in details["frames"][0] and "OpLite" in details["frames"][1]
+    assert details["message"].startswith("Paddle-Lite opt killed by signal SIGABRT while building the program (opt): ")
+    assert details["fatal"] in details["message"]
+    # A worker that marked the run stage before dying is a run-time crash, whatever the caller assumed.
+    run = crash_details("[bisect-lite] stage=build m.nb\n[bisect-lite] stage=run m.nb\n", -11, "build", "runtime")
+    assert run["stage"] == "run" and run["signal"] == "SIGSEGV" and "while running the program" in run["message"]
 
 
 def test_python_transport_equals_local(arm):

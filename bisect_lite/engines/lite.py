@@ -374,6 +374,8 @@ class LiteEngine(Engine):
         if STAGE_MARK not in text and NATIVE_STACK_MARK not in text and not found:
             return result
         code = _exit_code(found.group(1)) if found else None
+        if code is not None and 128 < code < 160:  # through a shell or ssh, death by signal N is status 128 + N
+            code = -(code - 128)
         details = crash_details(text, code, "run", "runtime")
         return RunResult("crash", seconds=result.seconds, message=details["message"], info={**result.info, **details})
 
