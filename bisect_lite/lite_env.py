@@ -77,10 +77,6 @@ class LiteEnv:
         kwargs = {k: Path(data[k]) if k in paths else data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**kwargs, manifest=manifest)
 
-    def opt_command(self) -> list[str]:
-        """How to start opt: its script with the venv's interpreter (valid even if the venv's shebangs are not)."""
-        return [str(self.python), str(self.opt)]
-
 
 def home() -> Path:
     return Path(os.environ.get("BISECT_LITE_HOME") or Path.home() / ".local" / "share" / "bisect-lite")
@@ -328,7 +324,9 @@ def setup_lite_env(
     """Build (or reuse) the environment; returns it and whether an existing one was reused."""
     existing = find_lite_env()
     if existing is not None and not force and (python is None or _same_base(existing, python)):
-        return existing, True
+        if _still_healthy(existing):
+            return existing, True
+        say(f"the environment in {existing.root} no longer imports paddlelite with numpy<2: rebuilding it")
     base, facts = choose_interpreter(python)
     target = env_dir() if not os.environ.get("BISECT_LITE_LITE_ENV") else manifest_path().parent
     target.mkdir(parents=True, exist_ok=True)
@@ -373,6 +371,17 @@ def setup_lite_env(
         shutil.rmtree(existing.root, ignore_errors=True)
     say(f"built in {time.perf_counter() - start:.0f} s")
     return env, False
+
+
+def _still_healthy(env: LiteEnv) -> bool:
+    """A cheap re-check of a recorded environment: paddlelite imports and numpy is still 1.x (someone may have
+    upgraded it, which makes the wheel feed garbage)."""
+    probe = "import numpy, paddlelite.lite; print(numpy.__version__)"
+    try:
+        proc = subprocess.run([str(env.python), "-c", probe], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and proc.stdout.strip().startswith("1.")
 
 
 def _same_base(env: LiteEnv, python: Path) -> bool:
