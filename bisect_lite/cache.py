@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bisect_lite.errors import EngineUnavailable
-from bisect_lite.fsutil import atomic_dir, atomic_write_bytes
+from bisect_lite.errors import EngineUnavailable, InputError
+from bisect_lite.fsutil import atomic_dir, atomic_write_bytes, is_inside
 from bisect_lite.model import Model, write_model_files
 
 MANIFEST = "manifest.json"
@@ -38,6 +38,17 @@ def default_root() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "bisect-lite"
+
+
+def check_root(protected: list[Path | None]) -> None:
+    """The cache must not lie inside (or hold) a model being read: bisect-lite never writes there."""
+    root = default_root()
+    for path in protected:
+        if path is not None and (is_inside(root, path) or is_inside(path, root)):
+            raise InputError(
+                f"the cache {root} overlaps the model's directory {path}; bisect-lite never writes there: point "
+                "BISECT_LITE_CACHE elsewhere"
+            )
 
 
 def inputs_hash(inputs: Mapping[str, np.ndarray]) -> str:
@@ -103,6 +114,11 @@ class Cache:
         path = self.root / "models" / model.fingerprint
         if path in self._checked:
             return path
+        if model.source is not None and is_inside(self.root, model.source):
+            raise InputError(
+                f"the cache {self.root} lies inside the model's directory {model.source}; bisect-lite never writes "
+                "there: point BISECT_LITE_CACHE elsewhere"
+            )
         if not _manifest_ok(path):
             with atomic_dir(path) as tmp:
                 write_model_files(model, tmp)

@@ -385,6 +385,7 @@ def compare(
 
     check_timeout(timeout)
     seed = check_seed(seed)
+    check_cache_root(_model_paths(model, params))
     if save_inputs is not None:
         from bisect_lite.fsutil import check_output_file
 
@@ -531,6 +532,7 @@ def run(
     from bisect_lite.engines.registry import resolve_engines
 
     check_timeout(timeout)
+    check_cache_root(_model_paths(model, params))
     if resume:
         ref, target = _check_resume(model, params, out_dir, ref, target, inputs, shape, seed, int_range)
     seed = check_seed(seed)
@@ -640,6 +642,12 @@ def check_timeout(timeout: float) -> float:
     if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
         raise InputError(f"--timeout {timeout:g}: expected a number of seconds above 0 and at most {MAX_TIMEOUT:g}")
     return timeout
+
+
+def check_cache_root(protected: list[Path | None]) -> None:
+    from bisect_lite.cache import check_root
+
+    check_root(protected)
 
 
 def _model_paths(model_path: Path, params: Path | None) -> list[Path | None]:

@@ -244,3 +244,16 @@ def test_unusable_cache_is_an_environment_error(user, capsys, monkeypatch):
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert code == 3 and len(lines) == 1 and "BISECT_LITE_CACHE" in lines[0], err
     assert snapshot(user) == {**before, **{k: v for k, v in snapshot(user).items() if k.startswith("o")}}
+
+
+def test_cache_inside_the_model_is_refused(user, capsys, monkeypatch):
+    model = user / "models" / "resnet"
+    monkeypatch.setenv("BISECT_LITE_CACHE", str(model / "cache"))
+    before = snapshot(user)
+    for args in (
+        ["compare", str(model)],
+        ["compare", str(model), "--no-cache"],
+        ["run", str(model), "--out", str(user / "o")],
+    ):
+        refused(*run_cli([*args, "--ref", "paddle", "--target", "fp16"], capsys)[::2], "never writes there")
+    assert snapshot(user) == before
