@@ -64,7 +64,9 @@ def atomic_dir(path: Path, *, marker: bool = False) -> Iterator[Path]:
     `path` must be absent, an empty directory or a directory bisect-lite made (check_output_dir decides that for
     user paths); anything else that is not a directory is never replaced. `marker` marks the result as ours."""
     path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
+    if path.is_symlink():
+        raise InputError(f"{path} is a symlink; refusing to replace it (give the directory it points to)")
+    if path.exists() and not path.is_dir():
         raise InputError(f"{path} exists and is not a directory; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -194,7 +196,8 @@ class OutputDir:
         return self
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit the fd is released with the process anyway
+            self.close()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
