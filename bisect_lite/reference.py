@@ -2,13 +2,14 @@
 
 The reference engine runs the model truncated so that a batch of tensors are its outputs; batches are sized to
 stay under a memory budget, and each batch is written to `DIR/reference/batch-N.npz`. Values are read back lazily
-by name, so a search on a large model never holds all activations in memory.
+by name, memory-mapped from the (uncompressed) batch files: a search on a large model never holds all activations
+in memory, pages it reads are the kernel's page cache (reclaimable, shared), and a read costs no copy and no CRC.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -48,6 +49,38 @@ def plan_batches(model: Model, names: list[str], budget: int) -> list[list[str]]
     return batches
 
 
+def npz_members(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz written by numpy.savez, as copy-on-write memory maps (writable, never written back).
+
+    A stored (uncompressed) member's .npy data lies at a fixed offset of the zip file; a compressed member, or
+    one numpy cannot map (object arrays), is read normally."""
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                arrays[name] = np.load(archive.open(info), allow_pickle=False)
+                continue
+            raw.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
+            name_len, extra_len = int.from_bytes(raw.read(2), "little"), int.from_bytes(raw.read(2), "little")
+            raw.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(raw)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(raw)
+            if dtype.hasobject:
+                raise ValueError(f"{path}: {name} holds Python objects")
+            if int(np.prod(shape)) == 0:
+                arrays[name] = np.zeros(shape, dtype, order="F" if fortran else "C")
+                continue
+            mapped = np.memmap(
+                raw, dtype=dtype, mode="c", offset=raw.tell(), shape=shape, order="F" if fortran else "C"
+            )
+            arrays[name] = mapped.view(np.ndarray)
+    return arrays
+
+
 class ReferenceValues:
     """Name -> reference array, backed by the spilled batch files (plus the model inputs)."""
 
@@ -58,7 +91,7 @@ class ReferenceValues:
         self.index: dict[str, str] = json.loads(index_file.read_text()) if index_file.exists() else {}
         self.nondeterministic: list[str] = []
         self.unobservable: list[str] = []  # tensors the reference engine cannot return
-        self._open: OrderedDict[str, np.lib.npyio.NpzFile] = OrderedDict()
+        self._maps: dict[str, dict[str, np.ndarray]] = {}  # batch file -> its arrays, memory-mapped
 
     @property
     def complete(self) -> bool:
@@ -71,12 +104,9 @@ class ReferenceValues:
         if name in self.inputs:
             return self.inputs[name]
         file = self.index[name]
-        if file not in self._open:
-            self._open[file] = np.load(self.directory / file, allow_pickle=False)
-            while len(self._open) > 2:  # bounded memory: at most two batch files open
-                self._open.popitem(last=False)[1].close()
-        self._open.move_to_end(file)
-        return self._open[file][name]
+        if file not in self._maps:
+            self._maps[file] = npz_members(self.directory / file)
+        return self._maps[file][name]
 
     def get_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         return {n: self[n] for n in names}
@@ -133,6 +163,4 @@ class ReferenceValues:
             self.unobservable = data["unobservable"]
 
     def close(self) -> None:
-        for f in self._open.values():
-            f.close()
-        self._open.clear()
+        self._maps.clear()  # the maps close when the last array viewing them is gone
