@@ -7,11 +7,13 @@ that cannot run even one op of the model is a setup problem (exit 3), not a cras
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
+from bisect_lite.compare import Comparison
 from bisect_lite.engines.base import RunResult
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable, InputError
@@ -19,6 +21,7 @@ from bisect_lite.model import Model, extract
 
 _ERROR_WORDS = re.compile(r"error|check failed|failed|unsupported|exception|not found|no such", re.I)
 SETUP_PROBES = 3  # distinct op types tried alone before the target is declared unable to run anything
+GARBAGE_REL_L2 = 0.5  # a single op this far off computes something else, not the op imprecisely
 
 
 def check_comparable(model: Model) -> None:
@@ -100,6 +103,24 @@ def check_target_runs(
             f"the target {target.spec} fails on every op of this model tried alone ({types}): {message} -- it "
             "cannot run here (a setup problem, or no op of this model it supports); nothing was blamed"
         )
+
+
+def garbage_output(cmp: Comparison | None) -> str | None:
+    """What makes a single op's result garbage rather than imprecise: a missing output, a wrong shape, or an error
+    of the order of the values themselves (rel L2 >= GARBAGE_REL_L2, NaN/Inf). None: the engine computed the op,
+    perhaps not precisely enough (a tight tolerance is not a broken engine)."""
+    if cmp is None:
+        return "no comparable output"
+    if cmp.missing:
+        return f"no output {cmp.missing[0]}"
+    for m in cmp.tensors:
+        if m.passed:
+            continue
+        if m.ref_shape is not None and tuple(m.ref_shape) != tuple(m.target_shape or ()):
+            return f"{m.name} has shape {list(m.target_shape or ())} instead of {list(m.ref_shape)}"
+        if m.rel_l2 is None or not math.isfinite(m.rel_l2) or m.rel_l2 >= GARBAGE_REL_L2:
+            return f"{m.name} is wrong: {m.reason}"
+    return None
 
 
 def nonfinite_warnings(

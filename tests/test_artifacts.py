@@ -380,3 +380,19 @@ def test_a_model_the_converter_cannot_take(unconvertible, tmp_path, capsys):
     assert issue.startswith("# [paddle2onnx] determinant cannot be converted to ONNX")
     assert "Where to file: PaddlePaddle/Paddle2ONNX" in issue and "paddle2onnx.export(" in issue
     assert json.loads((out_dir / "repro" / "repro.json").read_text())["failed_while"] == "loading"
+
+
+def test_imprecise_is_not_garbage():
+    """A tolerance tighter than the target's precision fails every op, but that is not a broken engine."""
+    from bisect_lite.compare import Tolerance, compare_outputs
+    from bisect_lite.preflight import garbage_output
+
+    ref = {"y": np.linspace(-3, 3, 64, dtype=np.float32)}
+    tight = CompareConfig(default=Tolerance(1e-6, 1e-6))
+    rounded = compare_outputs(ref, {"y": ref["y"].astype(np.float16).astype(np.float32)}, tight, names=["y"])
+    assert not rounded.passed and garbage_output(rounded) is None
+    zeros = compare_outputs(ref, {"y": np.zeros(64, np.float32)}, tight, names=["y"])
+    assert "y is wrong" in garbage_output(zeros)
+    shaped = compare_outputs(ref, {"y": np.zeros(3, np.float32)}, tight, names=["y"])
+    assert "shape [3] instead of [64]" in garbage_output(shaped)
+    assert "no output y" in garbage_output(compare_outputs(ref, {}, tight, names=["y"]))

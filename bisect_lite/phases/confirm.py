@@ -9,7 +9,7 @@ import numpy as np
 from bisect_lite.engines.base import RunResult
 from bisect_lite.model import Model
 from bisect_lite.phases.context import RunContext
-from bisect_lite.preflight import check_target_runs, nonfinite_warnings
+from bisect_lite.preflight import check_target_runs, garbage_output, nonfinite_warnings
 from bisect_lite.search import ProbeOutcome, Status
 
 
@@ -24,17 +24,14 @@ def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutco
         second = ctx.target.run(model, inputs, use_cache=False)
     whole, cmp = ctx.judge(first, expected, list(model.fetches))
     if whole.status in (Status.CRASH, Status.FAIL):
-        # Before any search: a target that cannot run (crash) or gets wrong (mismatch) every single op of the model
-        # it is given alone is a setup error, not the fault of op 0.
+        # Before any search: a target that cannot run every single op of the model alone, or answers each with
+        # garbage (wrong shapes, errors as large as the values), is a setup error, not the fault of op 0.
         def wrong(result: RunResult, sub: Model) -> str | None:
             if whole.status == Status.CRASH or any(f not in ctx.values for f in sub.fetches):
                 return None if result.ok else result.message
             feeds = ctx.values.get_many(sub.feeds)
             outcome, single = ctx.judge(result, ctx.values.get_many(sub.fetches), list(sub.fetches), sub, feeds)
-            if outcome.status == Status.PASS:
-                return None
-            worst = single.worst() if single else None
-            return f"wrong output {worst.name}: {worst.reason}" if worst else outcome.detail or "wrong output"
+            return None if outcome.status == Status.PASS else garbage_output(single)
 
         # Counted apart: these runs check the environment, they do not localise (issue 10's confirm + search bound).
         with ctx.phase("setup"):
