@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bisect_lite.errors import InputError
-from bisect_lite.model import load_model
+from bisect_lite.model import extract, load_model, truncate
+from bisect_lite.model.describe import describe
 from bisect_lite.model.params import read_combined, read_tensor
 
 SEED_MODEL = FIXTURES / "two_io"
@@ -97,8 +98,14 @@ def _load(directory: Path, program: bytes, params: bytes) -> None:
         except InputError as exc:
             assert str(exc) and "\n" not in str(exc).strip()  # one line for the user
             return
-        assert model.fingerprint  # a loaded model is usable: its params hash and ops decode
-        assert all(op.type for op in model.ops)
+        # a loaded model is usable: it hashes, describes and slices without anything but InputError
+        assert model.fingerprint and all(op.type for op in model.ops)
+        describe(model)
+        for step in (lambda: extract(model, [0]), lambda: truncate(model, [t for _, t in model.data_tensors()][:1])):
+            try:
+                step()
+            except InputError:
+                pass
 
 
 @given(program=mutated(PROGRAM))

@@ -134,6 +134,7 @@ def load_model(path: str | Path, params: str | Path | None = None, *, with_param
     model = Model(program, {}, source=model_file.parent)
     try:
         names = model.param_names()
+        _check_text(program)
         _ = model.ops  # decode now so a malformed program fails here, with the file's name
         _check_vars(model)
     except InputError as exc:
@@ -154,6 +155,34 @@ def load_model(path: str | Path, params: str | Path | None = None, *, with_param
             raise InputError(f"{params_path}: {exc}") from None
     _check_params(model, params_path or model_file.parent)
     return model
+
+
+def _check_text(program) -> None:
+    """Every name in the program must be text: protobuf hands invalid UTF-8 back as bytes (or raises on access),
+    which would break later steps far from the file."""
+
+    def text(value: object, what: str) -> None:
+        if not isinstance(value, str):
+            raise InputError(f"{what} is not valid UTF-8 text (corrupt program?)")
+
+    try:
+        for block in program.blocks:
+            for var in block.vars:
+                text(var.name, "a var name")
+            for op in block.ops:
+                text(op.type, "an op type")
+                for slot in [*op.inputs, *op.outputs]:
+                    text(slot.parameter, f"a slot name of op {op.type!r}")
+                    for arg in slot.arguments:
+                        text(arg, f"an argument of op {op.type!r}")
+                for attr in op.attrs:
+                    text(attr.name, f"an attribute name of op {op.type!r}")
+                    if attr.HasField("s"):
+                        text(attr.s, f"attribute {attr.name!r} of op {op.type!r}")
+                    for item in attr.strings:
+                        text(item, f"attribute {attr.name!r} of op {op.type!r}")
+    except UnicodeDecodeError:
+        raise InputError("a name is not valid UTF-8 text (corrupt program?)") from None
 
 
 def _check_vars(model: Model) -> None:
