@@ -55,7 +55,8 @@ def real_opt() -> RealOpt | None:
     from bisect_lite.lite_env import find_lite_env
 
     env = find_lite_env()
-    return RealOpt("", env.opt_command()) if env is not None else None
+    # opt is a Python script of the wheel: start it with the environment's interpreter.
+    return RealOpt("", [str(env.python), str(env.opt)]) if env is not None else None
 
 
 @pytest.fixture(scope="module")

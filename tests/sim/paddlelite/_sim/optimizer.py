@@ -77,10 +77,15 @@ ARM_PLACED_ON_HOST = names("reshape2 squeeze2 unsqueeze2 assign split")
 OPENCL_DEF_ALIAS = names(
     """
 batch_norm clip elementwise_add elementwise_div elementwise_mul elementwise_sub fusion_elementwise_add_activation
-fusion_elementwise_sub_activation fusion_elementwise_mul_activation gelu hard_swish scale softmax
+fusion_elementwise_sub_activation fusion_elementwise_mul_activation gelu hard_swish prelu reduce_mean scale softmax
+split
 """
 )
-OPENCL_IMAGEDEFAULT_ALIAS = names("bilinear_interp_v2 concat layer_norm nearest_interp_v2 relu sigmoid swish")
+OPENCL_IMAGEDEFAULT_ALIAS = names(
+    "bilinear_interp_v2 concat hard_sigmoid layer_norm leaky_relu nearest_interp_v2 relu sigmoid swish tanh"
+)
+# Host kernel records other than def/any/any: (precision, layout) codes.
+HOST_RECORDS = {"fill_constant": (4, 1), "strided_slice": (1, 1), "split": (1, 1)}
 OPENCL_IMAGE_FOLDER = names("fc matmul_v2 softmax")
 # OpenCL kernels that are NCHW cl::Buffer kernels in 2.13-rc (measured), and input slots OpenCL kernels declare on
 # the host (no io_copy in front of them).
@@ -876,11 +881,8 @@ def kernel_type(n: Node) -> str:
         alias = "def" if t in OPENCL_DEF_ALIAS else "ImageDefault" if t in OPENCL_IMAGEDEFAULT_ALIAS else "image2d"
         return f"{t}/{alias}/5/{_FP16}/{_LAYOUT_CODE[layout]}"
     if n.place == "host":
-        if t in ("fill_constant",):
-            return f"{t}/def/1/{_ANY_P}/{_NCHW}"
-        if t == "strided_slice":
-            return f"{t}/def/1/{_FP32}/{_NCHW}"
-        return f"{t}/def/1/{_ANY_P}/{_ANY_L}"
+        precision, layout = HOST_RECORDS.get(t, (_ANY_P, _ANY_L))
+        return f"{t}/def/1/{precision}/{layout}"
     if n.place == "x86":
         return f"{t}/def/2/{_FP32}/{_NCHW}"
     if t in ARM_ANY_PRECISION and not n.fp16:
@@ -926,23 +928,23 @@ def _insert_glue(g: _Graph) -> list[Node]:
         return nxt
 
     def convert(v: str, want_side: str, want_layout: str) -> str:
+        """v as the reader needs it; every intermediate form is made once and shared (an ImageFolder output read
+        by a buffer kernel and by the fetch gets one layout op, then the io_copy reads its output)."""
         key = (v, want_side, want_layout)
         if key in cache:
             return cache[key]
         side, layout = loc[v]
         cur = v
         if side == "device" and want_side == "host":
-            if layout != "NCHW":
-                cur = layout_op(v, cur, layout, "NCHW")
-            nxt = f"{v}/target_trans"
-            out.append(glue("io_copy", cur, nxt, f"io_copy/device_to_host/5/{_ANY_P}/{_ANY_L}"))
-            new_vars.append((nxt, v))
-            cur = nxt
+            src = convert(v, "device", "NCHW")
+            cur = f"{v}/target_trans"
+            out.append(glue("io_copy", src, cur, f"io_copy/device_to_host/5/{_ANY_P}/{_ANY_L}"))
+            new_vars.append((cur, v))
         elif side == "host" and want_side == "device":
-            nxt = f"{cur}/target_trans"
-            out.append(glue("io_copy", cur, nxt, f"io_copy/host_to_device/5/{_ANY_P}/{_ANY_L}"))
-            new_vars.append((nxt, v))
-            cur = nxt
+            cur = f"{v}/target_trans"
+            out.append(glue("io_copy", v, cur, f"io_copy/host_to_device/5/{_ANY_P}/{_ANY_L}"))
+            new_vars.append((cur, v))
+            cache[(v, "device", "NCHW")] = cur
             if want_layout != "NCHW":
                 cur = layout_op(v, cur, "NCHW", want_layout)
         elif side == "device" and not same_layout(v, layout, want_layout):
