@@ -91,7 +91,7 @@ def manifest_path() -> Path:
     override = os.environ.get("BISECT_LITE_LITE_ENV")
     if override:
         path = Path(override).expanduser()
-        return path / MANIFEST if path.is_dir() else path
+        return path if path.suffix == ".json" else path / MANIFEST  # a manifest, or the directory that holds one
     return env_dir() / MANIFEST
 
 
