@@ -72,6 +72,13 @@ def test_setup_with_an_unusable_python_says_why_in_one_line(lite_env, tmp_path, 
     assert not (tmp_path / "home" / "lite-env" / "lite-env.json").exists()
 
 
+def test_setup_finds_a_supported_interpreter_by_itself(lite_env):
+    from bisect_lite.lite_env import choose_interpreter
+
+    python, facts = choose_interpreter(None)
+    assert facts["impl"] == "CPython" and facts["version"] in ("3.10", "3.8") and python.exists()
+
+
 def test_the_environment_is_real_paddle_lite(lite_env):
     assert lite_env.version == "v2.13-rc" and lite_env.numpy.startswith("1.")
     assert lite_env.lite_so.name == "lite.so" and lite_env.lite_so.is_file()
