@@ -112,6 +112,16 @@ def test_arm_and_opencl_nb_are_refused_on_the_x86_runtime(lite_env, place, capsy
     assert f"lite:{place},adb" in err and "runs only x86" in err
 
 
+def test_the_worker_refuses_arm_nb_when_its_runtime_cannot_run_them(lite_env):
+    # python= bypasses the manifest: the worker itself reports which kernels its runtime executes.
+    if "arm" in lite_env.runs:
+        pytest.skip("this machine runs ARM kernels")
+    model, inputs = load_model(FIXTURES / "unet"), load_fixture_inputs("unet")
+    with EngineRunner(f"lite:arm,python={lite_env.python}") as target, pytest.raises(EngineUnavailable) as info:
+        target.run(model, inputs)
+    assert "runs only x86" in str(info.value) and "lite:arm,adb" in str(info.value)
+
+
 def test_the_x86_runtime_matches_paddle_on_a_fixture(lite_env):
     model, inputs = load_model(FIXTURES / "unet"), load_fixture_inputs("unet")
     with EngineRunner("paddle") as ref, EngineRunner("lite:x86") as target:
