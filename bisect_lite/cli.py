@@ -332,6 +332,17 @@ def engines(as_json: Json = False) -> None:
         out.print("Paddle-Lite: not set up (bisect-lite setup lite)")
 
 
+def _check_setup_target() -> None:
+    """The output-path policy for `setup`: its directory is new, empty, or one setup made (it holds the manifest)."""
+    from bisect_lite.fsutil import check_output_dir
+    from bisect_lite.lite_env import manifest_path
+
+    manifest = manifest_path()
+    if manifest.is_file():
+        return  # an environment setup made: it replaces its own venv there
+    check_output_dir(manifest.parent, option="setup: the environment directory (BISECT_LITE_LITE_ENV)")
+
+
 @app.command()
 def setup(
     what: Annotated[str, typer.Argument(help="What to provision: lite (real Paddle-Lite: opt and runtime).")],
@@ -346,6 +357,7 @@ def setup(
 
     if what != "lite":
         raise InputError(f"setup {what!r}: the only thing to set up is `lite` (real Paddle-Lite)")
+    _check_setup_target()
     env, reused = setup_lite_env(python, force=force, say=(lambda _: None) if as_json else err.print)
     if as_json:
         _print_json({**describe_lite_env(env), "reused": reused})

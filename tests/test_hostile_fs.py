@@ -257,3 +257,12 @@ def test_cache_inside_the_model_is_refused(user, capsys, monkeypatch):
     ):
         refused(*run_cli([*args, "--ref", "paddle", "--target", "fp16"], capsys)[::2], "never writes there")
     assert snapshot(user) == before
+
+
+def test_setup_never_writes_into_a_users_directory(user, capsys, monkeypatch):
+    """`setup lite` with BISECT_LITE_LITE_ENV naming a non-empty directory of the user's (or a file) is refused."""
+    before = snapshot(user)
+    for target, why in ((user / "work", "not written by bisect-lite"), (user / "notes.txt", "not a directory")):
+        monkeypatch.setenv("BISECT_LITE_LITE_ENV", str(target))
+        refused(*run_cli(["setup", "lite"], capsys)[::2], why)
+        assert snapshot(user) == before
