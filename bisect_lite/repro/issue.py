@@ -289,8 +289,8 @@ def _steps(repro: Mapping[str, Any], precision: str | None, family: Family) -> l
         family.snippet(repro, precision),
         "```",
         "",
-        "**2. With bisect-lite**, which no package index serves: install it from a checkout of its source "
-        "(`pip install -e .` in the checkout), then inside the unpacked bundle:",
+        "**2. With bisect-lite** (no package index serves it; install it from a checkout of bisect-lite: "
+        "`pip install -e .`), inside the unpacked bundle:",
         "",
         "```sh",
         "bisect-lite verify .",
