@@ -121,6 +121,9 @@ def test_fault_needing_two_ops_is_a_subgraph(faulty, tmp_path):
     assert any("alone" in n for n in culprit["notes"])
     facts = json.loads((tmp_path / "out" / "repro" / "repro.json").read_text())
     assert [o["index"] for o in facts["ops"]] == [34, 35]
+    # verify labels the repro with what it holds: the described op and the other op it needs.
+    [result] = verify_repros([tmp_path / "out" / "repro"], target=target)
+    assert result.status == "failing" and result.op == "hard_swish (op 35) +1 ops"
 
 
 def test_two_independent_faults_with_all(faulty, tmp_path):

@@ -194,6 +194,9 @@ def verify_repros(
                 expected = _load_npz(repro / "expected.npz")
             result = runner(target_spec).run(model, inputs, use_cache=False)
             op = f"{facts['op']['type']} (op {facts['op'].get('index', '?')})"
+            extra = len(facts.get("ops") or []) - 1  # the repro's own ops: a subgraph or fused group says so
+            if extra > 0:
+                op += f" +{extra} {'fused ' if facts.get('kind') == 'group' else ''}ops"
             if not result.ok:
                 results.append(
                     VerifyResult(repro, op, target_spec, ref_spec, "crash", result.message, time.perf_counter() - start)
