@@ -38,18 +38,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bisect_lite.cache import Cache  # noqa: E402
-from bisect_lite.compare import FP16_TOLERANCE, CompareConfig, Comparison, compare_outputs  # noqa: E402
+from bisect_lite.compare import FP16_TOLERANCE, CompareConfig, Comparison  # noqa: E402
 from bisect_lite.engines.runner import EngineRunner  # noqa: E402
 from bisect_lite.model import Model, load_model, truncate  # noqa: E402
 from bisect_lite.model.proto import framework_pb2  # noqa: E402
-from bisect_lite.precision import DEFAULT_FACTOR, Expectations, PrecisionRule  # noqa: E402
+from bisect_lite.precision import DEFAULT_FACTOR, Expectations, PrecisionRule, judge_tensor  # noqa: E402
 from bisect_lite.reference import ReferenceValues  # noqa: E402
 
 FIXTURES = ["mobilenetv3", "resnet", "transformer", "unet", "two_io", "argmax_classifier"]
 REAL = ["det", "rec", "cls"]
 SIZES = (0.05, 0.10, 0.20)
 SIZED_KINDS = ("scale", "channels", "border", "last_row")
-OLD = CompareConfig(default=FP16_TOLERANCE)
 FP32_DTYPE = 5
 
 
@@ -231,11 +230,32 @@ def rerounding_edits(model: Model, values: ReferenceValues, offset: float) -> di
 
 
 # ---- judging -------------------------------------------------------------------------------------------------
+NEW_CONFIG = CompareConfig(default=FP16_TOLERANCE)  # only for tensors the precision model cannot judge
+
+
+def old_rule_fails(ref: np.ndarray, target: np.ndarray) -> bool:
+    """The old fixed tolerance, elementwise: |d| > atol*max(RMS, 1) and |d| > rtol*|r| (5e-2 both), or NaN/inf in
+    the target where the reference is finite, or a shape/dtype-kind difference."""
+    if ref.shape != target.shape or ref.dtype.kind != target.dtype.kind:
+        return True
+    if ref.dtype.kind != "f":
+        return not np.array_equal(ref, target)
+    r, t = ref.astype(np.float32, copy=False), target.astype(np.float32, copy=False)
+    finite = np.isfinite(r)
+    if np.any(finite & ~np.isfinite(t)):
+        return True
+    rms = float(np.sqrt(np.mean(np.square(r[finite], dtype=np.float64)))) if finite.any() else 0.0
+    d = np.abs(t - r)
+    atol = FP16_TOLERANCE.atol * max(rms, 1.0)
+    return bool(np.any((d > atol) & (d > FP16_TOLERANCE.rtol * np.abs(r)) & finite))
+
+
 class Judge:
     """Reference values, expectations, and the two rules on one model."""
 
     def __init__(self, name: str, work: Path, ref: EngineRunner, emu: EngineRunner, factor: float) -> None:
         self.name = name
+        self.work = work / name
         self.model = load_model(model_path(name))
         with np.load(model_path(name) / "inputs.npz") as data:
             self.inputs = {k: data[k] for k in data.files}
@@ -252,52 +272,57 @@ class Judge:
         self.producer = self.model.producers
         self.emu = emu
         # Healthy tensors the old rule already fails (the old search would stop at the first of them).
-        self.old_healthy_fail: list[str] = []
         self.out_noise = 0.0
-        self.healthy_pairs = self.judge_all(self.model, self.order)
-        for _, cmp_old in self.healthy_pairs:
-            self.old_healthy_fail += cmp_old.failing
+        self.healthy_run = self.judge_all(self.model, self.order)
+        self.old_healthy_fail = [t for t in self.order if t in self.healthy_run[1]]
         for f in self.model.fetches:
             e = self.expected.get(f)
             if e is not None and e.rel_l2 is not None:
                 self.out_noise = max(self.out_noise, e.rel_l2)
 
-    def judge_all(self, model: Model, names: list[str]) -> list[tuple[Comparison, Comparison]]:
-        """(precision, old) comparisons of `names` (tensors of the original model) on `model` under fp16,
-        batched as the reference was."""
+    def judge_all(self, model: Model, names: list[str], stop: bool = False) -> tuple[Comparison, set[str]]:
+        """`names` (tensors of the original model) of `model` run under fp16, batched as the reference was: the
+        precision model's comparison (the run's own judge_tensor) and the set of names the old rule fails.
+        `stop`: stop after the first batch with a tensor beyond precision."""
         files: dict[str, list[str]] = defaultdict(list)
         for n in names:
             files[self.values.index[n]].append(n)
-        out = []
+        new, old_fail = Comparison(), set()
+        kept = self.work / "target.npz"
         for batch in files.values():
-            res = self.emu.run(truncate(model, batch), {f: self.inputs[f] for f in model.feeds})
+            res = self.emu.run(truncate(model, batch), {f: self.inputs[f] for f in model.feeds}, keep=kept, load=False)
             if not res.ok:
                 raise RuntimeError(f"{self.name}: fp16 run failed: {res.message[-300:]}")
-            expected = self.values.get_many(batch)
-            old = compare_outputs(expected, res.outputs, OLD, names=batch)
-            new = self.rule.judge_comparison(compare_outputs(expected, res.outputs, OLD, names=batch), self.expected)
-            out.append((new, old))
-        return out
+            with np.load(kept) as outputs:
+                for n in batch:
+                    ref, tgt = self.values[n], outputs[n]
+                    new.tensors.append(judge_tensor(self.rule, n, ref, tgt, self.expected, NEW_CONFIG))
+                    if old_rule_fails(ref, tgt):
+                        old_fail.add(n)
+            if stop and not new.passed:
+                break
+        return new, old_fail
 
     def case(self, planted: Model, tensor: str) -> dict[str, Any]:
         """Judge a faulty target: outputs + the planted tensor first, every later tensor only if needed."""
         first = [tensor, *[f for f in self.model.fetches if f != tensor]]
-        new, old = self._merge(self.judge_all(planted, first))
+        new, old_fail = self.judge_all(planted, first)
         by_new = {m.name: m for m in new.tensors}
-        by_old = {m.name: m for m in old.tensors}
-        fetch_rel = [by_new[f].rel_l2 for f in self.model.fetches if f in by_new]
-        fetch_nonfinite = any(by_new[f].nonfinite_mismatch for f in self.model.fetches if f in by_new)
-        effect = math.inf if fetch_nonfinite else max((r or 0.0) for r in fetch_rel) / max(self.out_noise, 1e-12)
+        fetches = [f for f in self.model.fetches if f in by_new]
+        if any(by_new[f].nonfinite_mismatch for f in fetches):
+            effect = math.inf
+        else:
+            effect = max((by_new[f].rel_l2 or 0.0) for f in fetches) / max(self.out_noise, 1e-12)
         planted_new = not by_new[tensor].passed
-        out_new = any(not by_new[f].passed for f in self.model.fetches if f in by_new)
+        out_new = any(not by_new[f].passed for f in fetches)
         detect_new, right_new = planted_new or out_new, planted_new
         if not detect_new:  # the run would judge every tensor: does any later one fail?
             later = [t for t in self.order if self.position[t] > self.position[tensor] and t not in first]
             if later:
-                detect_new = any(not c.passed for c, _ in self.judge_all(planted, later))
-        out_old = any(not by_old[f].passed for f in self.model.fetches if f in by_old)
+                detect_new = not self.judge_all(planted, later, stop=True)[0].passed
+        out_old = any(f in old_fail for f in fetches)
         before = [t for t in self.old_healthy_fail if self.position.get(t, 1 << 30) < self.position[tensor]]
-        right_old = out_old and not before and not by_old[tensor].passed
+        right_old = out_old and not before and tensor in old_fail
         return {
             "effect": effect,
             "new": detect_new,
@@ -308,28 +333,18 @@ class Judge:
             "planted_bound": by_new[tensor].bound_rel_l2,
         }
 
-    @staticmethod
-    def _merge(pairs: list[tuple[Comparison, Comparison]]) -> tuple[Comparison, Comparison]:
-        new, old = Comparison(), Comparison()
-        for a, b in pairs:
-            new.tensors += a.tensors
-            old.tensors += b.tensors
-        return new, old
-
     def healthy(self, planted: Model | None) -> dict[str, Any]:
-        pairs = self.judge_all(planted, self.order) if planted is not None else self.healthy_pairs
-        new_fail = [m.name for c, _ in pairs for m in c.tensors if not m.passed]
+        new, old_fail = self.judge_all(planted, self.order) if planted is not None else self.healthy_run
         ratios = [
             m.rel_l2 / max(m.expected_rel_l2, 2.0**-12)
-            for c, _ in pairs
-            for m in c.tensors
+            for m in new.tensors
             if m.rel_l2 is not None and m.expected_rel_l2 is not None
         ]
-        old_out = any(not m.passed for _, c in pairs for m in c.tensors if m.name in self.model.fetches)
         return {
-            "new_false_alarm": bool(new_fail),
-            "new_failing": new_fail[:5],
-            "old_false_alarm": old_out,
+            "new_false_alarm": not new.passed,
+            "new_failing": new.failing[:5],
+            "old_false_alarm": any(f in old_fail for f in self.model.fetches),
+            "old_failing_tensors": len(old_fail),
             "worst_ratio": max(ratios, default=0.0),
         }
 
