@@ -28,6 +28,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
             rel = str(path.relative_to(root))
             if stat.S_ISLNK(st.st_mode):
                 out[rel] = ("link", os.readlink(path))
+            elif stat.S_ISREG(st.st_mode) and st.st_size > 64 << 20:  # huge (sparse) files: size and mtime
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns)
             elif stat.S_ISREG(st.st_mode):
                 out[rel] = ("file", stat.S_IMODE(st.st_mode), path.read_bytes())
             else:

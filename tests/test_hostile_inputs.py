@@ -118,6 +118,22 @@ def test_garbage_and_special_files_as_model(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
+def test_huge_sparse_model_files_are_refused_before_reading(tmp_path, capsys):
+    """A 100 GB (sparse) params file or a 3 GB program must not be read into memory: one line, exit 2, at once."""
+    (tmp_path / "big-params").mkdir()
+    shutil.copy(MODEL / "model.pdmodel", tmp_path / "big-params")
+    with open(tmp_path / "big-params" / "model.pdiparams", "wb") as f:
+        f.truncate(100 << 30)
+    (tmp_path / "big-program").mkdir()
+    shutil.copy(MODEL / "model.pdiparams", tmp_path / "big-program")
+    with open(tmp_path / "big-program" / "model.pdmodel", "wb") as f:
+        f.truncate(3 << 30)
+    before = snapshot(tmp_path)
+    refused(*run_cli(["ops", str(tmp_path / "big-params")], capsys)[::2], "more than")
+    refused(*run_cli(["ops", str(tmp_path / "big-program")], capsys)[::2], "more than")
+    assert snapshot(tmp_path) == before
+
+
 def test_bad_inputs_files(tmp_path, capsys):
     np.save(tmp_path / "one.npy", np.zeros((1, 3, 32, 32), np.float32))
     np.savez(tmp_path / "objects.npz", image=np.array([{"a": 1}], dtype=object))

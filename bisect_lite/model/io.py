@@ -89,15 +89,22 @@ def locate(path: Path, params: Path | None = None) -> tuple[Path, Path | None, s
 MAX_ELEMENTS = 1 << 40  # no tensor of a real model comes near this: larger dims are corrupt, not big
 
 
-def read_regular(path: Path, what: str) -> bytes:
-    """Read a whole file that must be a regular file: a FIFO or device would hang or never end."""
+MAX_PROGRAM_BYTES = 2 << 30  # protobuf cannot parse a larger message anyway
+
+
+def read_regular(path: Path, what: str, limit: int | None = None) -> bytes:
+    """Read a whole file that must be a regular file (a FIFO or device would hang or never end), refusing one
+    larger than `limit` before reading it (a sparse 100 GB file must not be allocated)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{path}: {what} is not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise InputError(f"{path}: {what} has {st.st_size} bytes, more than the {limit} it can hold (wrong file?)")
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     except OSError as exc:
@@ -112,7 +119,7 @@ def load_model(path: str | Path, params: str | Path | None = None, *, with_param
     `with_params=False` reads the program only: enough to inspect an optimiser's output, whose params file
     layout is the optimiser's business."""
     model_file, params_path, layout = locate(Path(path), Path(params) if params else None)
-    data = read_regular(model_file, "the program")
+    data = read_regular(model_file, "the program", MAX_PROGRAM_BYTES)
     if data[:1] in (b"{", b"["):
         try:
             json.loads(data)
@@ -148,13 +155,27 @@ def load_model(path: str | Path, params: str | Path | None = None, *, with_param
     elif names:
         if params_path is None:
             raise InputError(f"{model_file}: the model has {len(names)} parameters but no params file was found")
-        blob = read_regular(Path(params_path), "the params file")
+        blob = read_regular(Path(params_path), "the params file", _params_bound(model, names))
         try:
             model.params = read_combined(blob, names)
         except InputError as exc:
             raise InputError(f"{params_path}: {exc}") from None
     _check_params(model, params_path or model_file.parent)
     return model
+
+
+def _params_bound(model: Model, names: list[str]) -> int | None:
+    """The most bytes a combined params file of these tensors can hold, when every declared shape is static."""
+    total = 0
+    for name in names:
+        var = model.vars.get(name)
+        if var is None or var.shape is None or any(d < 0 for d in var.shape):
+            return None
+        count = 1
+        for d in var.shape:
+            count *= d
+        total += count * 16  # 16: the widest element (complex128); declared dtypes may be stale
+    return total + 4096 * len(names) + (1 << 20)  # tensor headers with LoD and descriptions
 
 
 def _check_text(program) -> None:
