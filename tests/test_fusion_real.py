@@ -497,3 +497,39 @@ def test_a_placement_that_does_not_take_effect_is_skipped_and_said(sim_env, tmp_
     assert skipped and all(p["verdict"] == "skip" for p in skipped)
     assert any("placement did not take effect" in note and "conv2d" in note for note in report["notes"])
     assert report["culprits"] == []  # the tool could not move the ops: nothing is blamed
+
+
+def test_ops_target_on_the_simulator_prints_program_and_groups(sim_env, capsys):
+    """`ops --target` needs only opt: here the simulator's (real opt is checked above)."""
+    code, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", sim_spec("opencl")], capsys)
+    assert code == 0, err
+    assert "fc/image2d" in out and "opencl/fp16/ImageFolder" in out and "layout/ImageFolder_to_NCHW" in out
+    assert "ops 43, 44, 45, 46: flatten_contiguous_range+matmul_v2+elementwise_add+scale -> fc on opencl" in out
+    code, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", sim_spec("arm"), "--json"], capsys)
+    assert code == 0, err
+    view = json.loads(out)
+    assert view["groups"][-1] == [43, 44, 45, 46] and view["target"]["glue_ops"] == 0
+    assert sorted(i for g in view["groups"] for i in g) == list(range(len(view["ops"])))
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "message"),
+    [
+        ("paddle", 2, "has no optimised program"),
+        ("bogus", 2, "unknown engine"),
+        ("lite:arm,opt=/nonexistent/paddle_lite_opt", 3, "not found"),
+    ],
+)
+def test_ops_target_errors_are_one_line(capsys, spec, code, message):
+    got, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", spec], capsys)
+    assert (got, out) == (code, "") and err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_ops_target_when_opt_crashes_is_one_line(sim_env, capsys, tmp_path):
+    crash = tmp_path / "crashing_opt"
+    crash.write_text("#!/bin/sh\necho 'Check failed: boom' >&2\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    code, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", f"lite:arm,opt={crash}"], capsys)
+    assert code == 3 and out == "" and "cannot optimise this model" in err and "SIGSEGV" in err
+    assert len(err.strip().splitlines()) == 1
