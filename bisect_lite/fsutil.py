@@ -210,10 +210,9 @@ def claim_output_dir(
     force: bool = False,
     resume: bool = False,
     option: str = "--out",
-    keep: Iterable[str] = (),
 ) -> OutputDir:
     """Apply the policy, create the directory, lock it (a second run on a busy directory is refused before anything
-    is touched), then, with `force`, empty our earlier output (except `keep`), and mark it as ours."""
+    is touched), then, with `force`, empty our earlier output, and mark it as ours."""
     path = Path(path)
     protected = list(protected)
     check_output_dir(path, protected=protected, force=force, resume=resume, option=option)
@@ -237,9 +236,8 @@ def claim_output_dir(
         # Checked again under the lock: the directory may have changed while we waited for it.
         check_output_dir(path, protected=protected, force=force, resume=resume, option=option)
         if force and not resume:
-            keep_names = {MARKER, *keep}
             for entry in os.listdir(path):
-                if entry in keep_names:
+                if entry == MARKER:
                     continue
                 target = path / entry
                 if target.is_dir() and not target.is_symlink():
