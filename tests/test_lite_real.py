@@ -241,6 +241,51 @@ def test_lite_compat_writes_a_copy_real_paddle_lite_runs(lite_env, crash_models,
     assert code == 0 and "nothing written" in out and not (tmp_path / "unet").exists()
 
 
+@pytest.fixture(scope="module")
+def drift_models(paddle, tmp_path_factory) -> dict[str, Path]:
+    """Paddle 3.x programs conv -> OP -> scale with the other measured drifts: swish (no beta), instance_norm
+    (no saved statistics) and layer_norm without weight (no Scale/Bias)."""
+    root = tmp_path_factory.mktemp("drift-models")
+    functional = paddle.nn.functional
+    cases = {
+        "swish": functional.swish,
+        "instance_norm": lambda t: paddle.nn.InstanceNorm2D(4)(t),  # layers made inside the program guard
+        "layer_norm": lambda t: functional.layer_norm(t, [4, 6, 6]),
+    }
+    made = {}
+    for name, layer in cases.items():
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [1, 4, 6, 6], "float32")
+            y = paddle.scale(layer(paddle.nn.Conv2D(4, 4, 3, padding=1)(x)), 2.0)
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        exe.run(startup)
+        paddle.static.save_inference_model(str(root / name / "model"), [x], [y], exe, program=main)
+        made[name] = root / name
+    return made
+
+
+@pytest.mark.parametrize("op_type", ["swish", "instance_norm", "layer_norm"])
+def test_lite_compat_repairs_each_measured_drift(lite_env, drift_models, op_type, tmp_path, capsys):
+    original = drift_models[op_type]
+    # The drift is real: real opt cannot optimise the original.
+    code, _, err = run_cli(["ops", str(original), "--target", "lite:x86"], capsys)
+    assert code == 3 and "cannot optimise this model" in err and "SIG" in err, err
+    copy = tmp_path / "compat"
+    code, out, err = run_cli(["lite-compat", str(original), "-o", str(copy), "--json"], capsys)
+    assert code == 0 and f" {op_type} has no " in json.loads(out)["drift"][0], out + err
+    # The copy computes what the original computes (Paddle Inference), and real Paddle-Lite runs it.
+    inputs = {"x": np.random.default_rng(0).standard_normal((1, 4, 6, 6)).astype(np.float32)}
+    with EngineRunner("paddle") as ref, EngineRunner("lite:x86") as target:
+        before = ref.run(load_model(original), inputs)
+        after = ref.run(load_model(copy), inputs)
+        lite = target.run(load_model(copy), inputs)
+    assert before.ok and after.ok and lite.ok, lite.message
+    (want,), (same,), (got,) = before.outputs.values(), after.outputs.values(), lite.outputs.values()
+    np.testing.assert_array_equal(same, want)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------ PP-OCRv5
 
 

@@ -151,7 +151,7 @@ def _crash(status: str, message: str, op: Mapping[str, Any] | None = None) -> Di
         evidence["op_inputs"] = {k: list(v) for k, v in (op.get("inputs") or {}).items()}
         evidence["op_outputs"] = {k: list(v) for k, v in (op.get("outputs") or {}).items()}
         evidence["op_attrs"] = {k: v for k, v in (op.get("attrs") or {}).items() if not k.startswith("op_")}
-        drift = op_drift(str(op.get("type")), op.get("outputs") or {}, op.get("attrs") or {})
+        drift = op_drift(str(op.get("type")), op.get("outputs") or {}, op.get("attrs") or {}, op.get("inputs") or {})
         if drift and status == "crash":
             missing, effect = drift
             evidence["schema_drift"] = f"{op.get('type')} has no {missing}"
