@@ -508,3 +508,13 @@ def test_spread_and_widest_fitting() -> None:
     assert sum(chosen) < 500 and sum(spread(cands, len(chosen) + 1)) >= 500 and chosen == spread(cands, len(chosen))
     assert widest_fitting(cands, lambda idx: True, 6) == spread(cands, 6)
     assert widest_fitting(list(range(100)), lambda idx: False, None) == [49]  # one cut always
+
+
+def test_multicut_confirms_an_answer_resting_on_replayed_observations() -> None:
+    obs = Observer(60)
+    observed = {p: obs.outcome(p) for p in (50, 59, 60, 70)}
+    res = multicut_first_failure(100, obs.observe, confirm=obs.confirm, observed=observed)
+    check_exact(res, 60)
+    assert obs.runs == [] and obs.plain_calls == [60] and res.runs == 1  # bracket closed: only the plain check
+    res = multicut_first_failure(100, obs.observe, confirm=obs.confirm, known=observed)
+    assert res.runs == 0  # the same outcomes as plain probes need no confirmation

@@ -143,7 +143,17 @@ def locate(
         probes = observe(ctx, start, absolute, [frontiers[c] for c in absolute])
         return {p - start: _relative(pr.outcome, start) for p, pr in probes.items()}
 
-    result = multicut_first_failure(n, observe_at, confirm=probe_at, fits=fits, known=known, cuts=cuts)
+    # Replayed probes (--resume) that a run of several cuts answered are observations, not plain probes.
+    replayed_observed = {
+        e["cut"] - start
+        for e in ctx.journal.find(type="probe", segment=start)
+        if str(e.get("message", "")).startswith(OBSERVED)
+    }
+    observed = {p: o for p, o in known.items() if p in replayed_observed}
+    plain = {p: o for p, o in known.items() if p not in replayed_observed}
+    result = multicut_first_failure(
+        n, observe_at, confirm=probe_at, fits=fits, known=plain, observed=observed, cuts=cuts
+    )
     ctx.notes.extend(result.notes)
     widths = [len(o) for o in result.observations]
     if not result.fallback:

@@ -96,6 +96,7 @@ def multicut_first_failure(
     max_cuts_per_run: int | None = None,
     on_observe: Callable[[Sequence[int], Mapping[int, ProbeOutcome]], None] | None = None,
     max_runs: int | None = None,
+    observed: Mapping[int, ProbeOutcome] | None = None,
 ) -> MulticutResult:
     """Find the first failing cut in 0..n-1 (or in `cuts`), observing several cuts per target run.
 
@@ -104,7 +105,9 @@ def multicut_first_failure(
         search); a CRASH of the run makes the result a fallback; SKIP marks a position it could not judge.
     confirm(position): one plain probe (the model truncated at that cut, fetching only its frontier).
     fits(positions): whether these cuts can be observed in one run (memory); one cut always may.
-    known: outcomes of earlier probes by position (journal replay), taken as plain probes.
+    known: outcomes of earlier plain probes by position (journal replay).
+    observed: outcomes of earlier multi-cut observations (journal replay): they narrow the bracket but, unlike
+        `known`, an answer resting on them is still confirmed by a plain probe.
     max_runs: budget of runs (observations plus the confirmation); exhausting it is a fallback.
     """
     if n < 1:
@@ -114,6 +117,9 @@ def multicut_first_failure(
     index = {p: i for i, p in enumerate(pts)}
     res = MulticutResult(first_bad=None, last_good=None)
     latest: dict[int, ProbeOutcome] = {}
+    for pos, outcome in (observed or {}).items():
+        if pos in index:
+            latest[index[pos]] = outcome
     for pos, outcome in (known or {}).items():
         if pos in index:
             latest[index[pos]] = outcome
