@@ -151,10 +151,12 @@ def glue_ops(optimized: Model) -> list[GlueOp]:
     return out
 
 
-def check_no_reuse(optimized: Model) -> None:
-    """Refuse a program saved with memory reuse (a tensor name written by two ops)."""
+def check_no_reuse(optimized: Model, original: Model | None = None) -> None:
+    """Refuse a program saved with memory reuse: a tensor name written by more ops than in the original program
+    (which may itself write a variable twice, e.g. an in-place op)."""
     written = Counter(a for op in optimized_ops(optimized) for a in op.raw_outputs)
-    shared = sorted(name for name, count in written.items() if count > 1)
+    before = Counter(a for op in original.ops for a in op.data_outputs()) if original is not None else Counter()
+    shared = sorted(name for name, count in written.items() if count > max(1, before[name]))
     if shared:
         raise ReusedNames(
             f"the optimised program reuses tensor names ({len(shared)}, e.g. {shared[0]!r}: opt's "
@@ -164,7 +166,7 @@ def check_no_reuse(optimized: Model) -> None:
 
 def fusion_groups(original: Model, optimized: Model) -> list[FusedGroup]:
     """Partition the original ops into the groups the optimiser fused (singletons where nothing fused)."""
-    check_no_reuse(optimized)
+    check_no_reuse(optimized, original)
     opt_ops = optimized_ops(optimized)
     visible = {n for op in opt_ops for n in (*op.inputs, *op.outputs)} | set(original.feeds)
     parent = list(range(len(original.ops)))
