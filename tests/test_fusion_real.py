@@ -533,3 +533,19 @@ def test_ops_target_when_opt_crashes_is_one_line(sim_env, capsys, tmp_path):
     code, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", f"lite:arm,opt={crash}"], capsys)
     assert code == 3 and out == "" and "cannot optimise this model" in err and "SIGSEGV" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_reuse_is_judged_against_the_original_program():
+    """A name written by two kernels is memory reuse only if the original program does not write it twice itself."""
+    model = load_model(FIXTURES / "resnet")
+    assert [g.ops for g in fusion_groups(model, model)] == [[i] for i in range(len(model.ops))]
+    relus = [op for op in model.ops if op.type == "relu"]
+    program = type(model.program)()
+    program.CopyFrom(model.program)
+    desc = program.blocks[0].ops[relus[1].desc_index]
+    slot = next(v for v in desc.outputs if v.parameter == "Out")
+    slot.arguments[0] = relus[0].outputs["Out"][0]  # the second relu now writes the first relu's tensor
+    twice = Model.from_bytes(program.SerializeToString(), {})
+    with pytest.raises(ReusedNames):
+        fusion_groups(model, twice)
+    assert len(fusion_groups(twice, twice)) == len(twice.ops)  # the original itself writes it twice: no reuse
