@@ -25,6 +25,9 @@ from bisect_lite.search import BisectResult, ProbeOutcome, Status, bisect_first_
 
 STRATEGIES = ("auto", "multicut", "binary")
 OBSERVED = "observed with"  # starts the message of every probe answered by a run of several cuts
+# Judging fetched tensors costs 100-600 ns per float32 element on the shared 2-core development machine (a
+# bit-identical one ~20x less): the first guess of the cost per fetched byte, replaced by measurement.
+JUDGE_SECONDS_PER_BYTE = 50e-9
 
 
 class _LazyValues(Mapping[str, np.ndarray]):
@@ -133,14 +136,27 @@ def locate(
 
     index = FrontierIndex(ctx, start)
     budget = max(ctx.options.max_memory // 2, 1)
+    judge_cost = [JUDGE_SECONDS_PER_BYTE]
+
+    def run_seconds() -> float:
+        target = ctx.target
+        return target.engine_seconds / target.runs if target.runs else 1.0
 
     def fits(positions: Sequence[int]) -> bool:
-        return index.union_bytes([start + p for p in positions]) <= budget
+        """Within half the memory budget, and judging the fetched tensors costs at most about one target run:
+        k-ary search saves runs as log(k+1) while judging grows as k, so wider runs would cost more than they
+        save (on a phone a run costs seconds, so runs there get wider)."""
+        nbytes = index.union_bytes([start + p for p in positions])
+        return nbytes <= budget and (len(positions) == 1 or nbytes * judge_cost[0] <= run_seconds())
 
     def observe_at(positions: Sequence[int]) -> dict[int, ProbeOutcome]:
         absolute = [start + p for p in positions]
         frontiers = index.at_many(absolute)
+        t0, engine0 = time.perf_counter(), ctx.target.engine_seconds
         probes = observe(ctx, start, absolute, [frontiers[c] for c in absolute])
+        nbytes = index.union_bytes(absolute)
+        if nbytes > 1 << 20:  # measured cost of everything but the engine, per fetched byte
+            judge_cost[0] = (time.perf_counter() - t0 - (ctx.target.engine_seconds - engine0)) / nbytes
         return {p - start: _relative(pr.outcome, start) for p, pr in probes.items()}
 
     # Replayed probes (--resume) that a run of several cuts answered are observations, not plain probes.
