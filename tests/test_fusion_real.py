@@ -88,7 +88,10 @@ def model_dir(name: str) -> Path:
     if name in PPOCR_NAMES:
         path = PPOCR / name
         if not (path / "model.pdmodel").exists():
-            pytest.fail(f"{path} is missing: the PP-OCRv5 models are part of the test data")
+            message = f"{path} is missing (BISECT_LITE_SHARED_MODELS points at the directory holding models/)"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
         return path
     return FIXTURES / name
 
