@@ -197,13 +197,16 @@ def _precision(report: Mapping[str, Any]) -> list[str]:
     out = ["## Judgement", ""]
     if prec.get("model") != "precision":
         return [*out, f"Tolerances (atol/rtol) judge every tensor: {_esc(str(prec.get('why', '')))}.", ""]
-    declared = {
-        "engine": "stated by the engine",
-        "--target-precision": "declared with --target-precision",
-        "undeclared": "**not declared: treated as half precision** (pass --target-precision fp32 if it is not)",
-    }.get(str(prec.get("declared_by")), str(prec.get("declared_by")))
+    if prec.get("declared_by") == "undeclared":
+        computes = (
+            "the target does not state its precision: **treated as half precision** (pass --target-precision "
+            "fp32 if it computes in fp32)"
+        )
+    else:
+        how = "declared with --target-precision" if prec.get("declared_by") == "--target-precision" else "its engine"
+        computes = f"the target computes in {_esc(str(prec.get('target_precision')))} ({how})"
     out += [
-        f"Precision model: the target computes in {_esc(str(prec.get('target_precision')))} ({declared}), "
+        f"Precision model: {computes}, "
         f"accumulation assumed {_esc(str(prec.get('accumulation')))}, K = {prec.get('factor')}. "
         f"{_esc(str(prec.get('rule', '')))}. Expected errors: {_esc(str(prec.get('expected_from', '')))}"
         + (f", {prec['tensors_with_expectation']} tensors" if prec.get("tensors_with_expectation") else "")
@@ -274,6 +277,8 @@ def _probe_log(probes: list[Mapping[str, Any]], op_types: Mapping[int, str]) -> 
 
 def _expected_cell(metrics: Sequence[Mapping[str, Any]], worst: str) -> str:
     """The precision model's expected rel L2 (and bound) of the probe's worst tensor; blank under tolerances."""
+    if not worst and metrics:  # a passing probe: its largest error
+        worst = str(max(metrics, key=lambda m: _as_float(m.get("rel_l2"), 0.0)).get("name", ""))
     for m in metrics:
         if m.get("name") == worst and m.get("judged_by") == "precision":
             return f"{_num(m.get('expected_rel_l2'))} (bound {_num(m.get('bound_rel_l2'))})"
