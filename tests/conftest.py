@@ -19,6 +19,23 @@ os.environ["BISECT_LITE_CACHE"] = tempfile.mkdtemp(prefix="bisect-lite-test-cach
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
 FIXTURE_NAMES = sorted(p.parent.name for p in FIXTURES.glob("*/model.pdmodel"))
+# The real PP-OCRv5 models live in shared/ beside the checkout (CI lays a copy there).
+SHARED = Path(os.environ.get("BISECT_LITE_SHARED_MODELS", ROOT.parent / "shared"))
+PPOCR = SHARED / "models" / "ppocrv5"
+
+
+def require(condition: object, why: str) -> None:
+    """What real-thing tests need (real Paddle-Lite, the real models): a failure in CI, a skip elsewhere."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (required when CI is set)")
+        pytest.skip(why)
+
+
+def ppocr_model(name: str) -> Path:
+    path = PPOCR / name
+    require((path / "model.pdmodel").exists(), f"{path} is missing (BISECT_LITE_SHARED_MODELS names shared/)")
+    return path
 
 
 @pytest.fixture(scope="session")

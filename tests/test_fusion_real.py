@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURE_NAMES, FIXTURES, ROOT, run_cli
+from conftest import FIXTURE_NAMES, FIXTURES, ROOT, ppocr_model, require, run_cli
 
 from bisect_lite.cache import Cache
 from bisect_lite.engines.registry import create_engine
@@ -36,8 +36,6 @@ from bisect_lite.model.fusion import (
 )
 from bisect_lite.model.graph import decode_attr
 
-SHARED_MODELS = Path(os.environ.get("BISECT_LITE_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared"))
-PPOCR = SHARED_MODELS / "models" / "ppocrv5"
 PPOCR_NAMES = ["det", "rec", "cls"]
 PLACES = ["arm", "opencl"]
 
@@ -64,11 +62,8 @@ def real_opt() -> RealOpt | None:
 @pytest.fixture(scope="module")
 def opt() -> RealOpt:
     found = real_opt()
-    if found is None:
-        message = "real Paddle-Lite is not provisioned (run `bisect-lite setup lite`)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(found is not None, "real Paddle-Lite is not provisioned (run `bisect-lite setup lite`)")
+    assert found is not None
     return found
 
 
@@ -86,13 +81,7 @@ def model_dir(name: str) -> Path:
         path = _zoo_dir[0] / name
         return path if (path / "model.pdmodel").exists() else zoo.build(name, _zoo_dir[0])
     if name in PPOCR_NAMES:
-        path = PPOCR / name
-        if not (path / "model.pdmodel").exists():
-            message = f"{path} is missing (BISECT_LITE_SHARED_MODELS points at the directory holding models/)"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        return path
+        return ppocr_model(name)
     return FIXTURES / name
 
 

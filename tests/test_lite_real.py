@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, load_fixture_inputs, run_cli
+from conftest import FIXTURES, load_fixture_inputs, ppocr_model, require, run_cli
 
 from bisect_lite.compare import CompareConfig, compare_outputs
 from bisect_lite.engines.registry import default_tolerance
@@ -28,18 +27,12 @@ from bisect_lite.lite_env import LiteEnv, find_lite_env
 from bisect_lite.model import load_model
 from bisect_lite.repro.verify import verify_repros
 
-SHARED_MODELS = Path(os.environ.get("BISECT_LITE_SHARED_MODELS", Path(__file__).resolve().parents[2] / "shared"))
-PPOCR = SHARED_MODELS / "models" / "ppocrv5"
-
 
 @pytest.fixture(scope="module")
 def lite_env() -> LiteEnv:
     env = find_lite_env()
-    if env is None:
-        message = "real Paddle-Lite is not provisioned (run `bisect-lite setup lite`)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(env is not None, "real Paddle-Lite is not provisioned (run `bisect-lite setup lite`)")
+    assert env is not None
     return env
 
 
@@ -141,11 +134,7 @@ def numpy2_site(lite_env, tmp_path_factory) -> Path:
         text=True,
         timeout=600,
     )
-    if proc.returncode != 0:
-        message = f"cannot install numpy 2 for the read-back test: {proc.stderr.strip()[-300:]}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(proc.returncode == 0, f"cannot install numpy 2 for the read-back test: {proc.stderr.strip()[-300:]}")
     return where
 
 
@@ -292,9 +281,7 @@ def test_lite_compat_repairs_each_measured_drift(lite_env, drift_models, op_type
 def test_ppocrv5_matches_paddle_inference_on_lite_x86(lite_env):
     with EngineRunner("paddle") as ref, EngineRunner("lite:x86") as target:
         for name in ("det", "rec", "cls"):
-            path = PPOCR / name
-            if not (path / "model.pdmodel").exists():
-                pytest.fail(f"{path} is missing: the PP-OCRv5 models are part of the test data")
+            path = ppocr_model(name)
             model = load_model(path)
             with np.load(path / "inputs.npz") as data:
                 inputs = {k: data[k] for k in data.files}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 from numpy.lib import format as npformat
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -551,14 +552,6 @@ def _real_lite_env():
     return find_lite_env()
 
 
-def _require(condition: bool, why: str) -> None:
-    """Real Paddle-Lite tests (and the tools they build with) fail in CI when missing and skip elsewhere."""
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"{why} (required when CI is set)")
-        pytest.skip(why)
-
-
 def _build_dtype_model(paddle, model_dir: Path) -> dict[str, np.ndarray]:
     """Three feeds (float32, int64, int32) and six fetches (int64, float32, float32, int32, int64, float32).
 
@@ -636,8 +629,8 @@ def real_lite(tmp_path_factory, request) -> RealLite:
     from conftest import FIXTURES, load_fixture_inputs
 
     env = _real_lite_env()
-    _require(env is not None, "real Paddle-Lite is not provisioned (run `bisect-lite setup lite`)")
-    _require(shutil.which("g++") is not None, "g++ not found: cannot build the runner against the real library")
+    require(env is not None, "real Paddle-Lite is not provisioned (run `bisect-lite setup lite`)")
+    require(shutil.which("g++") is not None, "g++ not found: cannot build the runner against the real library")
     real = RealLite(env, tmp_path_factory.mktemp("real_lite"))
     build = real.build(real.base / "build")  # compiles while the models convert
     try:
@@ -974,7 +967,7 @@ def test_cmakelists_builds_against_the_real_library(real_lite, tmp_path):
     """The Android CMake project, on this host: PADDLE_LITE_DIR laid out like a prebuilt library's `cxx`
     directory, with the wheel's lite.so as libpaddle_light_api_shared.so (plus the libpython it needs)."""
     cmake = shutil.which("cmake")
-    _require(cmake is not None, "cmake not found")
+    require(cmake is not None, "cmake not found")
     lite = tmp_path / "cxx"
     shutil.copytree(HOST_INCLUDE, lite / "include")
     (lite / "lib").mkdir()
