@@ -42,7 +42,13 @@ from bisect_lite.compare import FP16_TOLERANCE, CompareConfig, Comparison  # noq
 from bisect_lite.engines.runner import EngineRunner  # noqa: E402
 from bisect_lite.model import Model, load_model, truncate  # noqa: E402
 from bisect_lite.model.proto import framework_pb2  # noqa: E402
-from bisect_lite.precision import DEFAULT_FACTOR, Expectations, PrecisionRule, judge_tensor  # noqa: E402
+from bisect_lite.precision import (  # noqa: E402
+    DEFAULT_FACTOR,
+    PEAK_RATIO,
+    Expectations,
+    PrecisionRule,
+    judge_tensor,
+)
 from bisect_lite.reference import ReferenceValues  # noqa: E402
 
 FIXTURES = ["mobilenetv3", "resnet", "transformer", "unet", "two_io", "argmax_classifier"]
@@ -230,6 +236,7 @@ def rerounding_edits(model: Model, values: ReferenceValues, offset: float) -> di
 
 
 # ---- judging -------------------------------------------------------------------------------------------------
+PEAK_RATIO_OVERRIDE = [PEAK_RATIO]  # --peak-ratio
 NEW_CONFIG = CompareConfig(default=FP16_TOLERANCE)  # only for tensors the precision model cannot judge
 
 
@@ -266,7 +273,9 @@ class Judge:
         exp.compute(self.model, self.values, emu)
         self.setup_seconds = time.perf_counter() - t0
         self.expected = exp.errors
-        self.rule = PrecisionRule(factor=factor, target_precision="unknown", declared_by="undeclared")
+        self.rule = PrecisionRule(
+            factor=factor, target_precision="unknown", declared_by="undeclared", peak_ratio=PEAK_RATIO_OVERRIDE[0]
+        )
         self.order = [t for _, t in self.model.data_tensors() if t in self.values.index]
         self.position = {t: i for i, t in enumerate(self.order)}
         self.producer = self.model.producers
@@ -467,7 +476,9 @@ def main() -> None:
     ap.add_argument("--factor", type=float, default=DEFAULT_FACTOR, help="K of the precision model")
     ap.add_argument("--models", default=",".join(FIXTURES + REAL), help="comma-separated fixtures / det,rec,cls")
     ap.add_argument("--json", type=Path, help="write every case here")
+    ap.add_argument("--peak-ratio", type=float, default=PEAK_RATIO, help="the max-abs test's factor / K")
     args = ap.parse_args()
+    PEAK_RATIO_OVERRIDE[0] = args.peak_ratio
     models = [m for m in args.models.split(",") if m]
     if args.quick:
         kinds = ("scale", "channels", "last_row", "nan")
