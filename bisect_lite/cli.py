@@ -263,7 +263,7 @@ PrecisionFactorOpt = Annotated[
     typer.Option(
         "--precision-factor",
         help="K of the precision model for half-precision targets: a tensor is beyond precision when its error "
-        "exceeds K x the fp16 emulation's error (floored). Default 6 (real GPUs measured at <= 4x the emulation).",
+        "exceeds K x the fp16 emulation's error (floored). Default 5 (real GPUs measured at <= 4x the emulation).",
     ),
 ]
 AccumulationOpt = Annotated[
