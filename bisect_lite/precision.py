@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -457,10 +457,6 @@ def explain_within(
     }
 
 
-def judged_names(cmp: Comparison | None) -> Sequence[str]:
-    return [m.name for m in cmp.tensors if m.judged_by == "precision"] if cmp else []
-
-
 @dataclass
 class DeepCheck:
     """Every tensor of the reference dump judged on one target run per dump batch: a fault whose effect a saturating
@@ -543,13 +539,12 @@ def judge_tensor(
         and bool(np.isfinite(ref).all())
     )
     if not usable:
-        return (
-            rule.judge(compare_tensor(name, ref, target, config), e)
-            if name not in config.overrides
-            else (compare_tensor(name, ref, target, config))
-        )
+        full = compare_tensor(name, ref, target, config)
+        return full if name in config.overrides else rule.judge(full, e)
     stats = error_stats(ref, target)
     assert stats is not None and e is not None
+    if stats.emulation_nonfinite or rule.bounds(e) is None:  # NaN/inf: the element rule's full account
+        return rule.judge(compare_tensor(name, ref, target, config), e)
     shape = tuple(int(d) for d in ref.shape)
     metrics = TensorMetrics(
         name=name,
@@ -559,11 +554,5 @@ def judge_tensor(
         target_dtype=str(target.dtype),
         rel_l2=stats.rel_l2,
         max_abs=stats.max_abs,
-        nonfinite_mismatch=stats.emulation_nonfinite,
-        nan_target=int(np.count_nonzero(np.isnan(target))) if stats.emulation_nonfinite else 0,
-        inf_target=int(np.count_nonzero(np.isinf(target))) if stats.emulation_nonfinite else 0,
-        reason="NaN/inf in the target where the reference is finite" if stats.emulation_nonfinite else "",
     )
-    if stats.emulation_nonfinite or rule.bounds(e) is None:
-        return rule.judge(compare_tensor(name, ref, target, config), e)  # the element rule's full account
     return rule.judge(metrics, e)
