@@ -2,10 +2,11 @@
 
 When the target computes the same values whatever it is asked to return (`Engine.fetch_invariant`: host engines,
 Paddle-Lite fetching only tensors that survive its fusion), a run of the model truncated at the highest of k cuts
-that also fetches the frontiers of the lower ones answers all k cuts. k is as large as the memory budget allows:
-the fetched tensors of one run are held by the engine worker and by this process, so their estimated size stays
-under half of --max-memory (as for the reference batches). The answer is confirmed by one plain probe; when that
-disagrees, or the target crashes while observing, the plain binary search takes over with what is known.
+that also fetches the frontiers of the lower ones answers all k cuts. k is as large as the memory budget allows
+(the fetched tensors of one run are held by the engine worker and by this process, so their estimated size stays
+under half of --max-memory, as for the reference batches) and as judging them costs about one target run at most.
+The answer is confirmed by one plain probe; when that disagrees, or the target crashes while observing, the plain
+binary search takes over with what is known.
 A crash is always hunted by the binary search: a crashing run says nothing about its lower cuts.
 """
 
@@ -23,7 +24,6 @@ from bisect_lite.phases.context import Probe, RunContext
 from bisect_lite.reference import estimated_bytes
 from bisect_lite.search import BisectResult, ProbeOutcome, Status, bisect_first_failure, multicut_first_failure
 
-STRATEGIES = ("auto", "multicut", "binary")
 OBSERVED = "observed with"  # starts the message of every probe answered by a run of several cuts
 # Judging fetched tensors costs 100-600 ns per float32 element on the shared 2-core development machine (a
 # bit-identical one ~20x less): the first guess of the cost per fetched byte, replaced by measurement.
@@ -54,7 +54,7 @@ class _LazyValues(Mapping[str, np.ndarray]):
 
 def choose_strategy(ctx: RunContext, hunted: Status) -> tuple[str, str]:
     """("multicut" | "binary", why) for this run's search."""
-    wanted = getattr(ctx.options, "search", "auto")
+    wanted = ctx.options.search
     engine = ctx.target.engine
     if hunted is not Status.FAIL:
         return "binary", "a crash is hunted by truncation: a crashing run cannot tell which of its cuts crashes"
@@ -62,9 +62,10 @@ def choose_strategy(ctx: RunContext, hunted: Status) -> tuple[str, str]:
         return "binary", "--search binary"
     if wanted == "multicut":
         return "multicut", "--search multicut"
-    if getattr(engine, "fetch_invariant", False):
-        return "multicut", f"{engine.spec} computes the same values whatever tensors it returns"
-    return "binary", (f"{engine.spec} may compute differently when asked for more tensors (--search multicut opts in)")
+    if engine.fetch_invariant:
+        return "multicut", f"the {engine.name} target computes the same values whatever tensors it returns"
+    why = f"the {engine.name} target may compute differently when asked for more tensors"
+    return "binary", f"{why} (--search multicut opts in)"
 
 
 class FrontierIndex:
