@@ -568,3 +568,28 @@ def test_atol_not_scaled_below_unit_rms():
     ref = np.full(100, 0.5, np.float32)
     m = compare_tensor("t", ref, ref + 0.02, CompareConfig(default=T1))
     assert m.atol == 0.01 and not m.passed
+
+
+def test_nonfinite_mismatch_counts_only_failing_nan_inf():
+    ref = np.array([1.0, np.nan, 3.0, np.inf, 5.0], np.float32)
+    tgt = np.array([np.nan, np.nan, np.inf, np.inf, 5.0], np.float32)
+    m = compare_tensor("x", ref, tgt, CompareConfig())
+    assert (
+        m.nonfinite_mismatch == 2
+    )  # NaN and inf where the reference is finite; NaN/NaN passes, inf/inf needs allow_inf
+    m = compare_tensor("x", ref, tgt, CompareConfig(allow_inf=True))
+    assert m.nonfinite_mismatch == 2
+    assert compare_tensor("x", ref[4:], tgt[4:], CompareConfig()).nonfinite_mismatch == 0
+
+
+def test_precision_fields_survive_json():
+    m = compare_tensor("x", np.ones(4, np.float32), np.full(4, 1.01, np.float32), CompareConfig())
+    assert m.judged_by == "tolerance" and m.expected_rel_l2 is None
+    m.judged_by, m.expected_rel_l2, m.bound_rel_l2, m.bound_max_abs = "precision", 1e-3, math.inf, 5e-3
+    back = TensorMetrics.from_dict(json.loads(json.dumps(m.to_dict(), allow_nan=False)))
+    assert (back.judged_by, back.expected_rel_l2, back.bound_rel_l2, back.bound_max_abs) == (
+        "precision",
+        1e-3,
+        math.inf,
+        5e-3,
+    )
