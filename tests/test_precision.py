@@ -240,3 +240,24 @@ def test_bad_precision_options_are_usage_errors(tmp_path, capsys):
         )
         assert code == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
     assert not math.isnan(DEFAULT_FACTOR)
+
+
+def test_quiet_fp32_runner_of_undeclared_precision_is_held_to_less_than_fp16_noise(
+    faulty,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """A cmd: runner that computes in fp32 but does not say so: a 1.5 % fault deep in the model is below the fp16
+    error expected there, yet the target has no fp16 noise. The every-tensor check sees how quiet it is."""
+    import bisect_lite.precision as precision
+
+    target = faulty({"kind": "scale", "tensor": "hard_swish_7.tmp_0", "factor": 1.015})
+    report = bisect("mobilenetv3", target, tmp_path / "a", minimise=False)
+    assert report["verdict"] == "mismatch"
+    assert report["precision"]["noise_scale"] == pytest.approx(0.1)
+    assert any("much quieter than fp16" in n for n in report["notes"])
+    [culprit] = report["culprits"]
+    assert (culprit["index"], culprit["type"]) == (84, "hard_swish")
+    # Held to the fp16 noise it does not have, the same fault passes as precision.
+    monkeypatch.setattr(precision, "quiet_target_scale", lambda ratios: 1.0)
+    assert bisect("mobilenetv3", target, tmp_path / "b", minimise=False)["verdict"] == "precision"
