@@ -2,8 +2,8 @@
 
 The reference engine runs the model truncated so that a batch of tensors are its outputs; batches are sized to
 stay under a memory budget, and each batch is written to `DIR/reference/batch-N.npz`. Values are read back lazily
-by name, memory-mapped from the (uncompressed) batch files: a search on a large model never holds all activations
-in memory, pages it reads are the kernel's page cache (reclaimable, shared), and a read costs no copy and no CRC.
+by name, one array at a time straight from its offset in the (uncompressed) batch file: a search on a large model
+never holds all activations in memory, and a read costs one copy and no CRC pass.
 """
 
 from __future__ import annotations
@@ -49,36 +49,50 @@ def plan_batches(model: Model, names: list[str], budget: int) -> list[list[str]]
     return batches
 
 
-def npz_members(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an .npz written by numpy.savez, as copy-on-write memory maps (writable, never written back).
+class NpzReader:
+    """Arrays of an .npz written by numpy.savez, read one at a time straight from their offsets in the file.
 
-    A stored (uncompressed) member's .npy data lies at a fixed offset of the zip file; a compressed member, or
-    one numpy cannot map (object arrays), is read normally."""
-    arrays: dict[str, np.ndarray] = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
-        for info in archive.infolist():
-            name = info.filename.removesuffix(".npy")
-            if info.compress_type != zipfile.ZIP_STORED:
-                arrays[name] = np.load(archive.open(info), allow_pickle=False)
-                continue
-            raw.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
-            name_len, extra_len = int.from_bytes(raw.read(2), "little"), int.from_bytes(raw.read(2), "little")
-            raw.seek(info.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(raw)
-            read_header = (
-                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(raw)
-            if dtype.hasobject:
-                raise ValueError(f"{path}: {name} holds Python objects")
-            if int(np.prod(shape)) == 0:
-                arrays[name] = np.zeros(shape, dtype, order="F" if fortran else "C")
-                continue
-            mapped = np.memmap(
-                raw, dtype=dtype, mode="c", offset=raw.tell(), shape=shape, order="F" if fortran else "C"
-            )
-            arrays[name] = mapped.view(np.ndarray)
-    return arrays
+    A stored (uncompressed) member's .npy data lies at a fixed offset of the zip file: reading it is one read
+    into a fresh array, with no zip CRC pass and no temporary copy (np.load does both). The arrays are private
+    copies, freed when dropped: memory maps would be faster still, but every page they touch counts in this
+    process's resident set for as long as the map lives. Compressed members are read through zipfile."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # name -> (offset, dtype, shape, fortran order), or None for a compressed member
+        self.members: dict[str, tuple[int, np.dtype, tuple[int, ...], bool] | None] = {}
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    self.members[name] = None
+                    continue
+                raw.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
+                name_len, extra_len = int.from_bytes(raw.read(2), "little"), int.from_bytes(raw.read(2), "little")
+                raw.seek(info.header_offset + 30 + name_len + extra_len)
+                version = np.lib.format.read_magic(raw)
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read_header(raw)
+                if dtype.hasobject:
+                    raise ValueError(f"{path}: {name} holds Python objects")
+                self.members[name] = (raw.tell(), dtype, shape, fortran)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.members
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        entry = self.members[name]
+        if entry is None:
+            with zipfile.ZipFile(self.path) as archive:
+                return np.load(archive.open(f"{name}.npy"), allow_pickle=False)
+        offset, dtype, shape, fortran = entry
+        count = int(np.prod(shape))
+        flat = np.fromfile(self.path, dtype=dtype, count=count, offset=offset) if count else np.empty(0, dtype)
+        if flat.size != count:
+            raise ValueError(f"{self.path}: {name} is truncated")
+        return flat.reshape(shape, order="F" if fortran else "C")
 
 
 class ReferenceValues:
@@ -91,7 +105,7 @@ class ReferenceValues:
         self.index: dict[str, str] = json.loads(index_file.read_text()) if index_file.exists() else {}
         self.nondeterministic: list[str] = []
         self.unobservable: list[str] = []  # tensors the reference engine cannot return
-        self._maps: dict[str, dict[str, np.ndarray]] = {}  # batch file -> its arrays, memory-mapped
+        self._readers: dict[str, NpzReader] = {}  # batch file -> where its arrays lie
 
     @property
     def complete(self) -> bool:
@@ -104,9 +118,9 @@ class ReferenceValues:
         if name in self.inputs:
             return self.inputs[name]
         file = self.index[name]
-        if file not in self._maps:
-            self._maps[file] = npz_members(self.directory / file)
-        return self._maps[file][name]
+        if file not in self._readers:
+            self._readers[file] = NpzReader(self.directory / file)
+        return self._readers[file][name]
 
     def get_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         return {n: self[n] for n in names}
@@ -163,4 +177,4 @@ class ReferenceValues:
             self.unobservable = data["unobservable"]
 
     def close(self) -> None:
-        self._maps.clear()  # the maps close when the last array viewing them is gone
+        self._readers.clear()

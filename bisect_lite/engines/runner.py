@@ -206,10 +206,11 @@ class EngineRunner:
             digests = check_outputs_file(job.outputs_file, job.fetches, limit)
             outputs: dict[str, np.ndarray] = {}
             if load:
-                from bisect_lite.reference import npz_members  # (reference.py imports this module)
+                from bisect_lite.reference import NpzReader  # (reference.py imports this module)
 
-                # Memory-mapped, not read: no copy and no CRC pass (the checks above bound every array's size).
-                outputs = {f: a for f, a in npz_members(job.outputs_file).items() if f in digests}
+                # Read from their offsets: no CRC pass and no temporary copy (the checks above bound every size).
+                reader = NpzReader(job.outputs_file)
+                outputs = {f: reader[f] for f in job.fetches if f in digests}
         except FileNotFoundError:
             return RunResult("crash", seconds=result.seconds, message="engine wrote no outputs file")
         except BadOutputs as exc:
