@@ -512,8 +512,8 @@ def deep_check(
     check = DeepCheck()
     producers = model.producers
     kept = values.directory / "every-tensor.npz"
-    # name -> (target error, or the full metrics when the quick statistics cannot judge it; shape; dtypes)
-    stats: dict[str, tuple[ExpectedError | None, TensorMetrics | None, tuple[int, ...], str, str]] = {}
+    # name -> (quick statistics or None, the metrics to judge: quick ones, or the full comparison)
+    stats: dict[str, tuple[ExpectedError | None, TensorMetrics]] = {}
     order: list[str] = []
     for names in batches.values():
         cut = truncate(model, names)
@@ -528,14 +528,15 @@ def deep_check(
             for name in names:
                 ref, out = values[name], outputs[name]
                 quick = fast_stats(name, ref, out, expectations, config)
-                full = None if quick is not None else compare_tensor(name, ref, out, config)
-                shape = tuple(int(d) for d in ref.shape)
-                stats[name] = (quick, full, shape, str(ref.dtype), str(out.dtype))
+                if quick is not None:
+                    stats[name] = (quick, quick_metrics(name, quick, ref, out))
+                else:
+                    stats[name] = (None, compare_tensor(name, ref, out, config))
                 order.append(name)
     kept.unlink(missing_ok=True)
     ratios = [
         s.rel_l2 / e.rel_l2
-        for n, (s, *_) in stats.items()
+        for n, (s, _) in stats.items()
         if s is not None
         and s.rel_l2 is not None
         and (e := expectations.get(n)) is not None
@@ -547,22 +548,9 @@ def deep_check(
     rule = replace(rule, noise_scale=check.noise_scale)
     cmp = Comparison()
     for name in order:
-        quick, full, shape, ref_dtype, target_dtype = stats[name]
-        e = expectations.get(name)
-        if full is not None or quick is None:
-            assert full is not None
-            cmp.tensors.append(full if name in config.overrides else rule.judge(full, e))
-            continue
-        metrics = TensorMetrics(
-            name=name,
-            ref_shape=shape,
-            target_shape=shape,
-            ref_dtype=ref_dtype,
-            target_dtype=target_dtype,
-            rel_l2=quick.rel_l2,
-            max_abs=quick.max_abs,
-        )
-        cmp.tensors.append(rule.judge(metrics, e))
+        quick, metrics = stats[name]
+        overridden = quick is None and name in config.overrides  # --tol: the tolerance verdict stands
+        cmp.tensors.append(metrics if overridden else rule.judge(metrics, expectations.get(name)))
     check.checked = len(order)
     check.comparison = cmp
     for m in cmp.tensors:
@@ -599,33 +587,24 @@ def judge_tensor(
     expectations: Mapping[str, ExpectedError],
     config: CompareConfig,
 ) -> TensorMetrics:
-    """One tensor judged as `RunContext.judge` judges it, from the few statistics the precision rule reads (rel
-    L2, max abs, NaN/inf) when it applies: 20x cheaper than the full element-rule statistics on big tensors.
-    Anything else (no expectation, --tol override, NaN/inf in the reference, other dtypes) takes the full path."""
-    e = expectations.get(name)
-    usable = (
-        e is not None
-        and name not in config.overrides
-        and ref.dtype.kind == "f"
-        and target.dtype.kind == "f"
-        and ref.shape == target.shape
-        and bool(np.isfinite(ref).all())
-    )
-    if not usable:
+    """One tensor judged as the every-tensor check judges it (`fast_stats` when they suffice, else the full
+    comparison); bench_precision uses it."""
+    quick = fast_stats(name, ref, target, expectations, config)
+    if quick is None:
         full = compare_tensor(name, ref, target, config)
-        return full if name in config.overrides else rule.judge(full, e)
-    stats = error_stats(ref, target)
-    assert stats is not None and e is not None
-    if stats.emulation_nonfinite or rule.bounds(e) is None:  # NaN/inf: the element rule's full account
-        return rule.judge(compare_tensor(name, ref, target, config), e)
+        return full if name in config.overrides else rule.judge(full, expectations.get(name))
+    return rule.judge(quick_metrics(name, quick, ref, target), expectations.get(name))
+
+
+def quick_metrics(name: str, quick: ExpectedError, ref: np.ndarray, target: np.ndarray) -> TensorMetrics:
+    """TensorMetrics holding only what the precision rule reads (from `fast_stats`)."""
     shape = tuple(int(d) for d in ref.shape)
-    metrics = TensorMetrics(
+    return TensorMetrics(
         name=name,
         ref_shape=shape,
         target_shape=shape,
         ref_dtype=str(ref.dtype),
         target_dtype=str(target.dtype),
-        rel_l2=stats.rel_l2,
-        max_abs=stats.max_abs,
+        rel_l2=quick.rel_l2,
+        max_abs=quick.max_abs,
     )
-    return rule.judge(metrics, e)
