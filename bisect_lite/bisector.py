@@ -269,6 +269,27 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
     return report, found
 
 
+def same_root_cause(culprits: list[dict[str, Any]], entry: dict[str, Any]) -> dict[str, Any] | None:
+    """An earlier culprit with the same op type, attributes and failure signature (status and diagnosis kind)."""
+    from bisect_lite.report.markdown import visible_attrs
+
+    def signature(c: dict[str, Any]) -> tuple[Any, ...]:
+        attrs = json.dumps(visible_attrs(c.get("attrs") or {}), sort_keys=True, default=str)
+        kinds = (c.get("kind"), len(c.get("ops") or []), c.get("status"), (c.get("diagnosis") or {}).get("kind"))
+        return (c.get("type"), attrs, *kinds)
+
+    mine = signature(entry)
+    return next((c for c in culprits if signature(c) == mine and c.get("kind") != "context"), None)
+
+
+def _repro_name(found: list[tuple[dict[str, Any], dict[str, Any]]], culprit: dict[str, Any]) -> str:
+    """The repro directory the culprit will get (write_outputs names them in this order)."""
+    for i, (_, entry) in enumerate(found):
+        if entry is culprit:
+            return "repro" if i == 0 else f"repro-{i + 1}"
+    return "no repro"
+
+
 def precision_rule(options: RunOptions, declared: str) -> PrecisionRule | None:
     """The precision model for this target, or None when tolerances judge (fp32 target, explicit --atol/--rtol)."""
     if options.explicit_tolerance:
@@ -309,27 +330,6 @@ def within_precision(ctx: RunContext, report: dict[str, Any]) -> str:
         explain_within(ctx.model, ctx.precision, comparison, ctx.expectations, ctx.target.spec, checked)
     )
     return "precision"
-
-
-def same_root_cause(culprits: list[dict[str, Any]], entry: dict[str, Any]) -> dict[str, Any] | None:
-    """An earlier culprit with the same op type, attributes and failure signature (status and diagnosis kind)."""
-    from bisect_lite.report.markdown import visible_attrs
-
-    def signature(c: dict[str, Any]) -> tuple[Any, ...]:
-        attrs = json.dumps(visible_attrs(c.get("attrs") or {}), sort_keys=True, default=str)
-        kinds = (c.get("kind"), len(c.get("ops") or []), c.get("status"), (c.get("diagnosis") or {}).get("kind"))
-        return (c.get("type"), attrs, *kinds)
-
-    mine = signature(entry)
-    return next((c for c in culprits if signature(c) == mine and c.get("kind") != "context"), None)
-
-
-def _repro_name(found: list[tuple[dict[str, Any], dict[str, Any]]], culprit: dict[str, Any]) -> str:
-    """The repro directory the culprit will get (write_outputs names them in this order)."""
-    for i, (_, entry) in enumerate(found):
-        if entry is culprit:
-            return "repro" if i == 0 else f"repro-{i + 1}"
-    return "no repro"
 
 
 def peak_rss_mb(*runners: EngineRunner | None) -> dict[str, float]:
