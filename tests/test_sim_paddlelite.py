@@ -35,6 +35,7 @@ def _build_model(dirname: Path) -> None:
     """x -> conv1 -> bn -> relu -> r1; conv2(r1) + bias (old-style elementwise_add) + r1 -> relu -> flatten
     -> fc -> logits -> arg_max(keepdims=False). Random weights scaled so activations stay near unit scale."""
     rng = np.random.RandomState(0)
+    was_dynamic = paddle.in_dynamic_mode()  # the test process shares one paddle: leave its mode as found
     with paddle.pir_utils.OldIrGuard():
         paddle.enable_static()
         try:
@@ -89,7 +90,8 @@ def _build_model(dirname: Path) -> None:
                 str(dirname / "inference"), [x], [logits, idx], exe, program=main
             )
         finally:
-            paddle.disable_static()
+            if was_dynamic:
+                paddle.disable_static()
 
 
 @pytest.fixture(scope="module")

@@ -92,6 +92,7 @@ def build(name: str, directory: Path) -> Path:
     """Write model `name` as `directory/name/model.pdmodel` + `model.pdiparams` (legacy format)."""
     make, shape = MODELS[name]
     target = directory / name
+    was_dynamic = paddle.in_dynamic_mode()  # the test process shares one paddle: leave its mode as found
     with paddle.pir_utils.OldIrGuard():
         paddle.enable_static()
         try:
@@ -105,5 +106,6 @@ def build(name: str, directory: Path) -> Path:
             target.mkdir(parents=True, exist_ok=True)
             paddle.static.save_inference_model(str(target / "model"), [x], outputs, exe, program=main)
         finally:
-            paddle.disable_static()
+            if was_dynamic:
+                paddle.disable_static()
     return target
