@@ -17,6 +17,7 @@ With --all the search continues past each culprit on segments fed with reference
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -337,8 +338,13 @@ def peak_rss_mb(*runners: EngineRunner | None) -> dict[str, float]:
     process that has exited (cmd: runs, restarted workers), from getrusage."""
     import resource
 
+    from bisect_lite.engines.worker import peak_rss
+
     to_mb = 1 / (1 << 20)
-    peaks = {"bisect-lite": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * to_mb}
+    # VmHWM, not getrusage: Linux carries ru_maxrss across exec, so a bisect-lite started from a large process
+    # (a test runner, a notebook) would report its parent's peak as its own.
+    own = peak_rss(os.getpid()) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peaks = {"bisect-lite": own * to_mb}
     for role, runner in zip(("reference", "target", "emulation"), runners, strict=True):
         if runner is not None and runner.peak_rss:
             peaks[f"{role} worker"] = runner.peak_rss * to_mb
