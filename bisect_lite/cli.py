@@ -388,10 +388,15 @@ def compare(
     no_cache: NoCacheOpt = False,
     params: ParamsOpt = None,
     save_inputs: Annotated[Path | None, typer.Option("--save-inputs", help="Write the inputs used here.")] = None,
+    target_precision: TargetPrecisionOpt = None,
+    precision_factor: PrecisionFactorOpt = None,
+    accumulation: AccumulationOpt = None,
     as_json: Json = False,
     verbose: Verbose = False,
 ) -> None:
-    """Run both engines on the whole model; per-output table and verdict (exit 0 match, 1 mismatch)."""
+    """Run both engines on the whole model; per-output table and verdict (exit 0 match or precision, 1 mismatch).
+
+    Half-precision targets are judged by the precision model, as in `run` (see --precision-factor)."""
     from bisect_lite.compare_engines import compare_engines
     from bisect_lite.engines.registry import resolve_engines
 
@@ -404,7 +409,8 @@ def compare(
         save_inputs = Path(os.path.abspath(save_inputs))
         check_output_file(save_inputs, protected=_model_paths(model, params), option="--save-inputs")
     ref_spec, target_spec = resolve_engines(ref, target)
-    config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol)
+    config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol, target_precision)
+    rule = _precision_rule(target_spec, atol, rtol, target_precision, precision_factor, accumulation)
     report = compare_engines(
         model,
         ref_spec,
@@ -419,6 +425,7 @@ def compare(
         save_inputs=save_inputs,
         params=params,
         verbose=verbose,
+        rule=rule,
     )
     if as_json:
         _print_json(report)
@@ -430,7 +437,28 @@ def compare(
         out.print(f"{verdict.upper()}: {target_spec} vs {ref_spec}{detail}")
         _print_warnings(report)
         out.print(f"inputs: {report['inputs_file']} (repeat with --inputs)")
-    raise typer.Exit(0 if report["verdict"] == "match" else 1)
+    raise typer.Exit(0 if report["verdict"] in ("match", "precision") else 1)
+
+
+def _precision_rule(
+    target: str,
+    atol: float | None,
+    rtol: float | None,
+    target_precision: str | None,
+    factor: float | None,
+    accumulation: str | None,
+):
+    """The precision model that judges a half-precision target (None: tolerances judge: an fp32 target, or
+    explicit --atol/--rtol)."""
+    from bisect_lite.engines.registry import create_engine
+    from bisect_lite.precision import resolve_rule
+
+    if atol is not None or rtol is not None:
+        return None
+    try:
+        return resolve_rule(create_engine(target).declared_precision, target_precision, factor, accumulation)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _fmt(value: Any) -> str:

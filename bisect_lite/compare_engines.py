@@ -11,7 +11,8 @@ from bisect_lite.compare import CompareConfig, compare_outputs
 from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
 from bisect_lite.errors import EngineUnavailable
 from bisect_lite.inputs import prepare_inputs, save_npz
-from bisect_lite.model import load_model
+from bisect_lite.model import Model, load_model
+from bisect_lite.precision import EMULATION_SPEC, ExpectedError, PrecisionRule, error_stats
 from bisect_lite.preflight import (
     check_comparable,
     check_spec_fits_model,
@@ -36,8 +37,14 @@ def compare_engines(
     save_inputs: Path | None = None,
     params: Path | None = None,
     verbose: bool = False,
+    rule: PrecisionRule | None = None,
 ) -> dict[str, Any]:
-    """Returns {"verdict": match|mismatch|crash, "comparison", "reference", "target", ...}."""
+    """Returns {"verdict": match|precision|mismatch|crash, "comparison", "reference", "target", ...}.
+
+    With a precision `rule` (a half-precision target, no explicit --atol/--rtol) each output is judged as `run`
+    judges it: against the error the fp16 emulation makes on it, times K; "precision" means every difference is
+    within that model (exit 0), as in `run`.
+    """
     model = load_model(model_path, params)
     check_comparable(model)
     for spec in (ref, target):
@@ -79,9 +86,40 @@ def compare_engines(
             report.update(verdict="crash", status=target_result.status, message=target_result.message, comparison=None)
             return report
         cmp = compare_outputs(ref_result.outputs, target_result.outputs, config, names=list(model.fetches))
-        report.update(verdict="match" if cmp.passed else "mismatch", comparison=cmp.to_dict())
+        verdict = "match" if cmp.passed else "mismatch"
+        if rule is not None:
+            report["precision"] = rule.to_dict()
+            judged = rule.judge_comparison(
+                cmp, _emulation_errors(model, feeds, ref_result.outputs, store, timeout), keep=config.overrides
+            )
+            if judged.passed and not cmp.passed:
+                verdict = "precision"
+            elif not judged.passed:
+                verdict = "mismatch"
+            cmp = judged
+        report.update(verdict=verdict, comparison=cmp.to_dict())
         return report
     finally:
         for r in runners:
             r.close()
         store.close()
+
+
+def _emulation_errors(
+    model: Model, feeds: dict[str, Any], expected: dict[str, Any], store: Cache, timeout: float
+) -> dict[str, ExpectedError]:
+    """The fp16 emulation's error on each output: what half precision alone makes of this model on these inputs."""
+    with EngineRunner(EMULATION_SPEC, store, timeout=timeout) as emulation:
+        result = emulation.run(model, feeds)
+    if not result.ok:
+        raise EngineUnavailable(
+            f"the {EMULATION_SPEC} emulation (the precision model) failed on this model: {one_line(result.message)}; "
+            "pass --atol/--rtol to judge by tolerances instead"
+        )
+    errors = {}
+    for name in model.fetches:
+        if name in expected and name in result.outputs:
+            e = error_stats(expected[name], result.outputs[name])
+            if e is not None:
+                errors[name] = e
+    return errors

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, PPOCR, run_cli
 from test_run import bisect, fault_server, faulty  # noqa: F401 (pytest fixtures)
 
 from bisect_lite.bisector import RunOptions, precision_rule, run_bisect
@@ -35,7 +34,7 @@ from bisect_lite.precision import (
 )
 from bisect_lite.repro.verify import verify_repros
 
-REAL = Path("/work/shared/models/ppocrv5")
+REAL = PPOCR
 
 
 # ---- the rule ---------------------------------------------------------------------------------------------------
@@ -261,3 +260,25 @@ def test_quiet_fp32_runner_of_undeclared_precision_is_held_to_less_than_fp16_noi
     # Held to the fp16 noise it does not have, the same fault passes as precision.
     monkeypatch.setattr(precision, "quiet_target_scale", lambda ratios: 1.0)
     assert bisect("mobilenetv3", target, tmp_path / "b", minimise=False)["verdict"] == "precision"
+
+
+# ---- compare judges as run does ----------------------------------------------------------------------------------
+def test_compare_judges_half_precision_targets_by_the_precision_model(faulty, capsys):  # noqa: F811
+    det = REAL / "det"
+    args = ["compare", str(det), "--inputs", str(det / "inputs.npz"), "--ref", "paddle", "--json"]
+    # Healthy fp16 on det: the fixed tolerance failed 503 output elements; the precision model calls it noise.
+    code, stdout, _ = run_cli([*args, "--target", "fp16"], capsys)
+    report = json.loads(stdout)
+    assert (code, report["verdict"]) == (0, "precision"), report["comparison"]
+    [metrics] = report["comparison"]["tensors"]
+    assert metrics["judged_by"] == "precision" and metrics["rel_l2"] <= metrics["bound_rel_l2"]
+    # A 10 % fault in the last sigmoid under the same fp16 noise: a mismatch, beyond the bound.
+    target = faulty({"kind": "fp16"}, {"kind": "scale", "tensor": "sigmoid_0.tmp_0", "factor": 1.1})
+    code, stdout, _ = run_cli([*args, "--target", target], capsys)
+    report = json.loads(stdout)
+    assert (code, report["verdict"]) == (1, "mismatch"), report["comparison"]
+    assert report["precision"]["declared_by"] == "undeclared"
+    # Explicit tolerances judge instead of the model.
+    code, stdout, _ = run_cli([*args, "--target", "fp16", "--atol", "1e-2", "--rtol", "1e-2"], capsys)
+    report = json.loads(stdout)
+    assert "precision" not in report and report["comparison"]["tensors"][0]["judged_by"] == "tolerance"
