@@ -19,7 +19,7 @@ Methods:
 
 Usage: python bench/bench_cost.py [--models det,rec,chain] [--depths 0.1,0.5,0.9] [--max-memory 256M]
        [--minimise] [--json FILE]
-PP-OCRv5 models are read from $PPOCR_DIR (default /work/shared/models/ppocrv5); the chain is generated.
+PP-OCRv5 models are read from $PPOCR_DIR (default ../shared/models/ppocrv5 beside the checkout); the chain is generated.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTY = ROOT / "tests" / "engines" / "faulty_target.py"
-PPOCR = Path(os.environ.get("PPOCR_DIR", "/work/shared/models/ppocrv5"))
+PPOCR = Path(os.environ.get("PPOCR_DIR", ROOT.parent / "shared" / "models" / "ppocrv5"))  # shared/ beside the checkout
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "GLOG_minloglevel": "3", "PYTHONWARNINGS": "ignore"}
 
 

@@ -60,7 +60,7 @@ FP32_DTYPE = 5
 
 def model_path(name: str) -> Path:
     if name in REAL:
-        return Path("/work/shared/models/ppocrv5") / name
+        return ROOT.parent / "shared" / "models" / "ppocrv5" / name  # shared/ beside the checkout
     return ROOT / "fixtures" / name
 
 
