@@ -35,12 +35,7 @@ class BadOutputs(Exception):
 
 def _declared_count(model: Model, name: str) -> int | None:
     var = model.vars.get(name)
-    if var is None or var.shape is None or any(d < 0 for d in var.shape):
-        return None
-    count = 1
-    for d in var.shape:
-        count *= d
-    return count
+    return None if var is None else var.declared_count
 
 
 def output_bound(model: Model, inputs: Mapping[str, np.ndarray]) -> int:

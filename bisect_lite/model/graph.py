@@ -8,6 +8,7 @@ sub-blocks read from block 0 counts as their input, so a cut never lands inside 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -79,6 +80,13 @@ class Var:
     dtype: str | None
     persistable: bool
     kind: int  # VarType.Type of the var itself (DENSE_TENSOR = 7, ...)
+
+    @property
+    def declared_count(self) -> int | None:
+        """Elements the declared shape holds; None when it is not static (no shape, or a -1 dim)."""
+        if self.shape is None or any(d < 0 for d in self.shape):
+            return None
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)

@@ -169,11 +169,9 @@ def _params_bound(model: Model, names: list[str]) -> int | None:
     total = 0
     for name in names:
         var = model.vars.get(name)
-        if var is None or var.shape is None or any(d < 0 for d in var.shape):
+        count = None if var is None else var.declared_count
+        if count is None:
             return None
-        count = 1
-        for d in var.shape:
-            count *= d
         total += count * 16  # 16: the widest element (complex128); declared dtypes may be stale
     return total + 4096 * len(names) + (1 << 20)  # tensor headers with LoD and descriptions
 
