@@ -202,6 +202,11 @@ def test_fault_hidden_at_a_saturated_output_found_inside_real_cls(faulty, tmp_pa
     [culprit] = report["culprits"]
     assert (culprit["index"], culprit["type"]) == (162, "conv2d")
     assert culprit["diagnosis"]["kind"] == "kernel_bug"
+    # The every-tensor check already points at the op: two plain probes (below it, at it) confirm it, and
+    # localisation stays within the binary search's bound even with the check's own runs counted.
+    runs = report["target_runs_by_phase"]
+    assert runs["search"] == 2, runs
+    assert runs["confirm"] + runs["search"] <= report["expected_probes"] + 2, runs
 
 
 def test_explicit_atol_wins_over_the_precision_model(tmp_path, capsys):

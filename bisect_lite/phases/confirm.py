@@ -12,6 +12,9 @@ from bisect_lite.phases.context import RunContext
 from bisect_lite.preflight import check_target_runs, garbage_output, nonfinite_warnings
 from bisect_lite.search import ProbeOutcome, Status
 
+# The detail of a whole-model outcome whose blame comes from judging every tensor: the search checks it first.
+EVERY_TENSOR = "every tensor judged"
+
 
 def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutcome, bool]:
     """The whole model's outcome and whether two target runs differ (fills report["full_model"])."""
@@ -103,7 +106,7 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any], whole: ProbeOutc
             f"(first: {deep.failing[0]}, made by op {deep.blame}); the search starts there"
         )
     blame = deep.blame if whole.blame is None else min(deep.blame, whole.blame)
-    return ProbeOutcome(Status.FAIL, blame=blame)
+    return ProbeOutcome(Status.FAIL, blame=blame, detail=EVERY_TENSOR)
 
 
 def same_values(a: np.ndarray, b: np.ndarray) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bisect_lite.errors import InputError
@@ -18,6 +19,7 @@ from bisect_lite.model.fusion import (
     optimized_ops,
     placement_misses,
 )
+from bisect_lite.phases.confirm import EVERY_TENSOR
 from bisect_lite.phases.context import STATUS_WORD, WORD_STATUS, Probe, RunContext
 from bisect_lite.phases.observe import locate
 from bisect_lite.search import ProbeOutcome, Status, bisect_first_failure, expected_probes
@@ -82,6 +84,8 @@ def search_segment(ctx: RunContext, start: int, whole: ProbeOutcome) -> dict[str
     ctx.events(
         "search", {"segment": start, "ops": n - start, "expected": expected_probes(len(cuts or range(n - start)))}
     )
+    if whole.detail == EVERY_TENSOR and whole.blame is not None and whole.blame >= start:
+        check_observed_blame(whole.blame - start, cuts or range(n - start), probe_at, known)
     result = locate(ctx, start, hunted, probe_at, known, cuts)
     ctx.notes.extend(result.contradictions)
     ctx.notes.extend(getattr(result, "notes", []) or [])
@@ -111,6 +115,19 @@ def search_segment(ctx: RunContext, start: int, whole: ProbeOutcome) -> dict[str
             info["group"] = describe_group(ctx.model, group)
     info["fusion_note"] = fusion_change(ctx, culprit)
     return info
+
+
+def check_observed_blame(
+    blame: int, cuts: Sequence[int], probe_at: Callable[[int], ProbeOutcome], known: dict[int, ProbeOutcome]
+) -> None:
+    """The full-model check judged every tensor and found the first one beyond precision, made by op `blame`.
+    Two plain probes test that answer under truncation: the cut below its op and the cut holding it. When the
+    first passes and the second fails the search has its bracket; otherwise it goes on from what they showed."""
+    below = max((c for c in cuts if c < blame), default=None)
+    at = min((c for c in cuts if c >= blame), default=None)
+    for cut in (below, at):
+        if cut is not None and cut not in known:
+            known[cut] = probe_at(cut)
 
 
 def placement_search(ctx: RunContext, whole: ProbeOutcome) -> dict[str, Any] | None:
