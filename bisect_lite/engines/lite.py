@@ -223,6 +223,20 @@ class LiteEngine(Engine):
     def version(self) -> str:
         return f"opt {self.opt_version()}"
 
+    def cache_key(self) -> str:
+        """Conversions depend on the opt program, not only on its version string: another opt of the same release
+        (a rebuilt one with a fixed pass, another environment's) must not reuse these conversions."""
+        program = self._opt_program()
+        if program is None:
+            return super().cache_key()
+        path = Path(shutil.which(program) or program).resolve()
+        try:
+            stat = path.stat()
+            identity = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        except OSError:
+            identity = str(path)
+        return f"{super().cache_key()}|{identity}"
+
     def facts(self) -> dict[str, Any]:
         return {
             "engine": str(self.spec),
