@@ -107,7 +107,8 @@ def is_inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def _overlap(path: Path, protected: Iterable[Path | None], option: str) -> None:
+def _refuse_unsafe(path: Path, protected: Iterable[Path | None], option: str) -> None:
+    """What every output path must clear: no overlap with the model, no writing through a dangling symlink."""
     for p in protected:
         if p is None:
             continue
@@ -115,6 +116,8 @@ def _overlap(path: Path, protected: Iterable[Path | None], option: str) -> None:
             raise InputError(f"{option} {path} is inside the model's directory {p}; bisect-lite never writes there")
         if is_inside(p, path):
             raise InputError(f"{option} {path} holds the model {p}; choose an output path outside it")
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{option} {path} is a dangling symlink; refusing to write through it")
 
 
 def _check_parents(path: Path, option: str) -> None:
@@ -131,9 +134,7 @@ def check_output_dir(
 ) -> None:
     """The output-path policy for a directory (raises InputError, changes nothing)."""
     path = Path(path)
-    _overlap(path, protected, option)
-    if path.is_symlink() and not path.exists():
-        raise InputError(f"{option} {path} is a dangling symlink; refusing to write through it")
+    _refuse_unsafe(path, protected, option)
     if not path.exists():
         if resume:
             raise InputError(f"--resume: {path} does not exist (start a new run without --resume)")
@@ -165,9 +166,7 @@ def check_output_file(
 ) -> None:
     """The output-path policy for a single file: never inside a model, never replaces what is not ours."""
     path = Path(path)
-    _overlap(path, protected, option)
-    if path.is_symlink() and not path.exists():
-        raise InputError(f"{option} {path} is a dangling symlink; refusing to write through it")
+    _refuse_unsafe(path, protected, option)
     if not path.exists():
         _check_parents(path, option)
         return
