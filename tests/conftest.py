@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +23,25 @@ FIXTURE_NAMES = sorted(p.parent.name for p in FIXTURES.glob("*/model.pdmodel"))
 # The real PP-OCRv5 models live in shared/ beside the checkout (CI lays a copy there).
 SHARED = Path(os.environ.get("BISECT_LITE_SHARED_MODELS", ROOT.parent / "shared"))
 PPOCR = SHARED / "models" / "ppocrv5"
+
+
+FAULTY = ROOT / "tests" / "engines" / "faulty_target.py"  # the planted-fault cmd engine
+
+
+@pytest.fixture(scope="module")
+def fault_server(tmp_path_factory):
+    """The planted-fault engine's server (keeps paddle loaded); `FAULTY run SOCKET ...` is its cmd: client."""
+    sock = str(tmp_path_factory.mktemp("srv") / "s.sock")
+    proc = subprocess.Popen(
+        [sys.executable, str(FAULTY), "serve", sock],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    yield sock
+    proc.kill()
+    proc.wait()
 
 
 def require(condition: object, why: str) -> None:

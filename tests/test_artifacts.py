@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import FIXTURES, load_fixture_inputs, run_cli
-from test_run import bisect, fault_server, faulty  # noqa: F401 (pytest fixtures)
+from test_run import bisect, faulty  # noqa: F401 (pytest fixture)
 
 from bisect_lite.compare import CompareConfig, Comparison, compare_tensor
 from bisect_lite.errors import InputError

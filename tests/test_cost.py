@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FAULTY, FIXTURES, ROOT
 
 from bisect_lite import compare as compare_module
 from bisect_lite.bisector import RunOptions, run_bisect
@@ -22,23 +22,7 @@ from bisect_lite.model import frontier, load_model
 from bisect_lite.phases.observe import FrontierIndex
 from bisect_lite.reference import estimated_bytes
 
-FAULTY = ROOT / "tests" / "engines" / "faulty_target.py"
 LOCALISATION = ("confirm", "search")
-
-
-@pytest.fixture(scope="module")
-def fault_server(tmp_path_factory):
-    sock = str(tmp_path_factory.mktemp("srv") / "s.sock")
-    proc = subprocess.Popen(
-        [sys.executable, str(FAULTY), "serve", sock],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    yield sock
-    proc.kill()
-    proc.wait()
 
 
 def faulty_target(sock: str, directory: Path, tensor: str) -> str:

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 from conftest import FIXTURES, PPOCR, run_cli
-from test_run import bisect, fault_server, faulty  # noqa: F401 (pytest fixtures)
+from test_run import bisect, faulty  # noqa: F401 (pytest fixture)
 
 from bisect_lite.bisector import RunOptions, precision_rule, run_bisect
 from bisect_lite.compare import CompareConfig, Tolerance, compare_outputs

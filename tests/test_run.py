@@ -4,35 +4,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT, run_cli
+from conftest import FAULTY, FIXTURES, run_cli
 
 from bisect_lite.bisector import RunOptions, run_bisect
 from bisect_lite.repro.verify import verify_repros
 from bisect_lite.search import expected_probes
-
-FAULTY = ROOT / "tests" / "engines" / "faulty_target.py"
-
-
-@pytest.fixture(scope="module")
-def fault_server(tmp_path_factory):
-    sock = str(tmp_path_factory.mktemp("srv") / "s.sock")
-    proc = subprocess.Popen(
-        [sys.executable, str(FAULTY), "serve", sock],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert proc.stdout.readline().strip() == "ready"
-    yield sock
-    proc.kill()
-    proc.wait()
 
 
 @pytest.fixture
