@@ -268,16 +268,14 @@ def test_search_cuts_never_split_a_real_group(opt, capsys, name, place):
         assert [0, 55] in [g.ops for g in groups] and min(cuts) == 55  # x2paddle: conv 0 and its batch_norm 55
 
 
-def test_a_program_with_memory_reuse_is_refused(opt, tmp_path):
-    """opt's default (memory reuse on) renames tensors; groups read from that program would be invented."""
-    model = load_model(FIXTURES / "resnet")
-    out = tmp_path / "reused"
+def resnet_with_memory_reuse(opt: RealOpt, targets: str, out: Path) -> None:
+    """resnet as opt's default makes it: protobuf, memory reuse on (no memory config)."""
     proc = subprocess.run(
         [
             *opt.command,
             f"--model_file={FIXTURES / 'resnet' / 'model.pdmodel'}",
             f"--param_file={FIXTURES / 'resnet' / 'model.pdiparams'}",
-            "--valid_targets=arm",
+            f"--valid_targets={targets}",
             "--optimize_out_type=protobuf",
             f"--optimize_out={out}",
         ],
@@ -286,6 +284,13 @@ def test_a_program_with_memory_reuse_is_refused(opt, tmp_path):
         env={k: v for k, v in os.environ.items() if k != "OPENCL_MEMORY_CONFIG_FILE"},
     )
     assert proc.returncode == 0, proc.stderr[-500:]
+
+
+def test_a_program_with_memory_reuse_is_refused(opt, tmp_path):
+    """opt's default (memory reuse on) renames tensors; groups read from that program would be invented."""
+    model = load_model(FIXTURES / "resnet")
+    out = tmp_path / "reused"
+    resnet_with_memory_reuse(opt, "arm", out)
     with pytest.raises(ReusedNames, match="memory_optimize_pass"):
         fusion_groups(model, load_model(out, with_params=False))
 
@@ -316,20 +321,7 @@ def test_placement_rules_really_move_ops(opt, capsys, tmp_path, name):
 def test_placement_with_reused_names_does_not_take_effect_and_is_detected(opt, tmp_path):
     """The old way: rules from opt's default program (memory reuse renames tensors) name the wrong tensors."""
     out = tmp_path / "reused"
-    proc = subprocess.run(
-        [
-            *opt.command,
-            f"--model_file={FIXTURES / 'resnet' / 'model.pdmodel'}",
-            f"--param_file={FIXTURES / 'resnet' / 'model.pdiparams'}",
-            "--valid_targets=opencl,arm",
-            "--optimize_out_type=protobuf",
-            f"--optimize_out={out}",
-        ],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "OPENCL_MEMORY_CONFIG_FILE"},
-    )
-    assert proc.returncode == 0, proc.stderr[-500:]
+    resnet_with_memory_reuse(opt, "opencl,arm", out)
     reused = [op for op in optimized_ops(load_model(out, with_params=False)) if op.place == "opencl"]
     config = tmp_path / "cpu.txt"
     config.write_text(cpu_placement_config(reused))
