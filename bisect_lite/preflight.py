@@ -15,6 +15,7 @@ import numpy as np
 
 from bisect_lite.compare import Comparison
 from bisect_lite.engines.base import RunResult
+from bisect_lite.engines.lite import parse_log_line
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable, InputError
 from bisect_lite.model import Model, extract
@@ -153,10 +154,16 @@ def _count(array: np.ndarray) -> tuple[int, int] | None:
     return (nan, inf) if nan or inf else None
 
 
+def _without_log_prefix(line: str) -> str:
+    """A Paddle-Lite/glog log line as its message and source: the prefix's padded date means nothing here."""
+    parsed = parse_log_line(line)
+    return parsed[1] if parsed else line
+
+
 def one_line(text: str) -> str:
     """An engine's message on one line: its first line (what happened, e.g. "worker died (SIGABRT)") and the first
     later line that states an error (the engine's own words), at most 300 characters."""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    lines = [_without_log_prefix(ln.strip()) for ln in str(text).splitlines() if ln.strip()]
     if not lines:
         return ""
     said = next((ln for ln in lines[1:] if _ERROR_WORDS.search(ln)), None)

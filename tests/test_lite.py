@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -336,7 +337,10 @@ def test_opt_runtime_version_mismatch_is_an_engine_error(tmp_path, capsys):
 # ------------------------------------------------------------------------------------------------ 5-7. transports
 
 
-def test_a_worker_that_dies_is_a_crash_not_a_timeout(tmp_path, monkeypatch):
+# Paddle-Lite pads its log prefix with spaces: a one-digit day or minute must parse as a two-digit one does.
+@pytest.mark.parametrize("log_time", ["2026-12-07 03:04:05", "2026-11-26 23:59:59"])
+def test_a_worker_that_dies_is_a_crash_not_a_timeout(tmp_path, monkeypatch, log_time):
+    monkeypatch.setenv("PADDLELITE_SIM_LOG_TIME", str(time.mktime(time.strptime(log_time, "%Y-%m-%d %H:%M:%S"))))
     # The worker's stdout can close a moment before its process is gone: ssh closes its stdout at the remote
     # EOF and exits after the exit status arrives; even locally, files close before the child is reapable.
     # Here the window is widened to 0.5 s, so the race is hit every time.
@@ -368,6 +372,36 @@ No attributes called threshold found for relu6
 /v/lib/python3.10/site-packages/paddlelite/lite.so(_ZN6paddle4lite6OpLite6AttachERKNS0_7general6OpDescEPNS0_5ScopeE+0x339)[0x7f8226651519]
 /root/.pyenv/versions/3.10.13/lib/libpython3.10.so.1.0(_PyEval_EvalFrameDefault+0x7941)[0x7fe55706ce81]
 """.replace("\\\n", "")
+
+
+@pytest.mark.parametrize(
+    "line, where",
+    [
+        ("[F  1/ 2  3: 4: 5.678 ...lite/kernels/arm/conv2d.cc:88 Run] Check failed: x", "conv2d.cc:88 Run"),
+        ("[F 12/31 23:59:59.999 ...lite/core/program.h:248 Init] Check failed: x", "program.h:248 Init"),
+        ("[F 12/ 7 20:53:13.426 ...lite/kernels/arm/conv2d_compute.cc] Check failed: x", "conv2d_compute.cc"),
+        ("[F 12/ 7 21: 0:45.549 /paddle-lite//lite/core/program.h:248 Init] Check failed: x", "program.h:248 Init"),
+        ("[F  9/30  0: 0: 0.000] Check failed: x", ""),
+        ("[F 1/2 3:4:5.6 a.cc:1 f] Check failed: x", "a.cc:1 f"),
+        ("F1207 03:04:05.678901 4242 conv.cc:12] Check failed: x", "conv.cc:12"),
+    ],
+)
+def test_fatal_line_parses_every_padding_form(line, where):
+    from bisect_lite.engines.lite import crash_details, parse_log_line
+
+    assert parse_log_line(line)[0] == "F"
+    details = crash_details(f"something before\n{line}\n", -6, "run", "runtime")
+    assert details["fatal"] == (f"Check failed: x ({where})" if where else "Check failed: x"), details
+    assert "[F" not in details["message"], details["message"]
+
+
+@pytest.mark.parametrize("severity", ["I", "W", "E"])
+def test_only_fatal_severity_is_a_fatal_line(severity):
+    from bisect_lite.engines.lite import crash_details, parse_log_line
+
+    line = f"[{severity}  1/ 2  3: 4: 5.678 ...lite/core/program.h:248 Init] opencl_valid:0"
+    assert parse_log_line(line) == (severity, "opencl_valid:0 (program.h:248 Init)")
+    assert crash_details(line, -6, "run", "runtime")["fatal"] is None
 
 
 def test_crash_details_keep_signal_fatal_line_frames_and_stage():
@@ -551,3 +585,10 @@ def test_repros_pass_only_once_the_kernels_are_fixed(faulty_run, monkeypatch):
     assert [r.status for r in verify_repros([out], target="lite:opencl")] == ["failing", "failing"]
     monkeypatch.delenv("PADDLELITE_SIM_FAULTS")
     assert [r.status for r in verify_repros([out], target="lite:opencl")] == ["fixed", "fixed"]
+
+
+def test_engine_messages_drop_the_log_prefix():
+    from bisect_lite.preflight import one_line
+
+    text = "worker died (SIGABRT)\n[F 12/ 7 21: 0:45.549 /p//lite/core/program.h:248 Init] Check failed: opencl_valid:0"
+    assert one_line(text) == "worker died (SIGABRT) Check failed: opencl_valid:0 (program.h:248 Init)"

@@ -608,19 +608,40 @@ def _exit_code(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+# A Paddle-Lite log line: `[F 12/ 7 21: 0:45.549 ...lite/core/program.h:248 Init] message`. Its logger pads every
+# field (month, day, hour, minute, second) with spaces, not zeros, so a field is one or two digits after optional
+# spaces; the source location may be missing. glog's own form (`F1207 21:00:45.549 1234 file.cc:12] message`)
+# pads with zeros.
+LITE_LOG_LINE = re.compile(
+    r"^\[(?P<severity>[IWEF])\s*\d{1,2}/\s*\d{1,2}\s+\s*\d{1,2}:\s*\d{1,2}:\s*\d{1,2}(?:\.\d+)?"
+    r"(?:\s+(?P<where>[^\]]*?))?\s*\]\s?(?P<message>.*)$"
+)
+GLOG_LINE = re.compile(
+    r"^(?P<severity>[IWEF])\d{4}\s+\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\s+\d+\s+(?P<where>[^\]]*?)\]\s?(?P<message>.*)$"
+)
+
+
+def parse_log_line(line: str) -> tuple[str, str] | None:
+    """(severity letter, `message (file:line Function)`) of a Paddle-Lite or glog log line; None otherwise."""
+    match = LITE_LOG_LINE.match(line.strip()) or GLOG_LINE.match(line.strip())
+    if match is None:
+        return None
+    where = (match["where"] or "").strip().rsplit("/", 1)[-1]
+    message = match["message"].strip()
+    return match["severity"], f"{message} ({where})" if where and message else message
+
+
 def _fatal_line(lines: list[str]) -> str | None:
-    """Paddle-Lite's own reason: a glog fatal line (`[F 11/26 ... file.h:118 Fn] Check failed: ...` or
-    `F1126 ... ] ...`), a `Check failed`, or a Python error raised by opt's script."""
+    """Paddle-Lite's own reason: a fatal log line (`[F 12/ 7 ... file.h:118 Fn] Check failed: ...` or glog's
+    `F1207 ... ] ...`), a `Check failed`, or a Python error raised by opt's script."""
     for line in reversed(lines):
-        match = re.match(r"\[F \d+/\d+\s+[\d:.]+\s+(.*?)\]\s*(.+)", line) or re.match(
-            r"F\d{4} [\d:.]+\s+\d+\s+(.*?)\]\s*(.+)", line
-        )
-        if match:
-            where = match.group(1).strip().rsplit("/", 1)[-1]
-            return f"{match.group(2).strip()} ({where})" if where else match.group(2).strip()
+        parsed = parse_log_line(line)
+        if parsed and parsed[0] == "F" and parsed[1]:
+            return parsed[1]
     for line in reversed(lines):
         if "Check failed" in line or line.startswith(("Error", "RuntimeError", "ValueError", "terminate called")):
-            return line.strip()
+            parsed = parse_log_line(line)
+            return parsed[1] if parsed else line.strip()
     return None
 
 

@@ -26,7 +26,8 @@ def version() -> str:
 
 
 def _prefix(level: str, where: str) -> str:
-    t = time.time()
+    # PADDLELITE_SIM_LOG_TIME (epoch seconds) fixes the clock, so tests see every padding form on any date.
+    t = float(os.environ.get("PADDLELITE_SIM_LOG_TIME") or time.time())
     lt = time.localtime(t)
     return (
         f"[{level} {lt.tm_mon:2d}/{lt.tm_mday:2d} {lt.tm_hour:2d}:{lt.tm_min:2d}:{lt.tm_sec:2d}."
