@@ -382,6 +382,7 @@ No attributes called threshold found for relu6
         ("[F 12/ 7 20:53:13.426 ...lite/kernels/arm/conv2d_compute.cc] Check failed: x", "conv2d_compute.cc"),
         ("[F 12/ 7 21: 0:45.549 /paddle-lite//lite/core/program.h:248 Init] Check failed: x", "program.h:248 Init"),
         ("[F  9/30  0: 0: 0.000] Check failed: x", ""),
+        ("[F 12/ 7 21:28:51. 32 ...lite/api/paddle_api.cc:44 Fn] Check failed: x", "paddle_api.cc:44 Fn"),
         ("[F 1/2 3:4:5.6 a.cc:1 f] Check failed: x", "a.cc:1 f"),
         ("F1207 03:04:05.678901 4242 conv.cc:12] Check failed: x", "conv.cc:12"),
     ],

@@ -609,11 +609,11 @@ def _exit_code(text: str) -> int | None:
 
 
 # A Paddle-Lite log line: `[F 12/ 7 21: 0:45.549 ...lite/core/program.h:248 Init] message`. Its logger pads every
-# field (month, day, hour, minute, second) with spaces, not zeros, so a field is one or two digits after optional
-# spaces; the source location may be missing. glog's own form (`F1207 21:00:45.549 1234 file.cc:12] message`)
-# pads with zeros.
+# field (month, day, hour, minute, second, even milliseconds: `51. 32`) with spaces, not zeros, so a field is one or
+# two digits after optional spaces; the source location may be missing. glog's own form
+# (`F1207 21:00:45.549 1234 file.cc:12] message`) pads with zeros.
 LITE_LOG_LINE = re.compile(
-    r"^\[(?P<severity>[IWEF])\s*\d{1,2}/\s*\d{1,2}\s+\s*\d{1,2}:\s*\d{1,2}:\s*\d{1,2}(?:\.\d+)?"
+    r"^\[(?P<severity>[IWEF])\s*\d{1,2}/\s*\d{1,2}\s+\s*\d{1,2}:\s*\d{1,2}:\s*\d{1,2}(?:\.\s*\d+)?"
     r"(?:\s+(?P<where>[^\]]*?))?\s*\]\s?(?P<message>.*)$"
 )
 GLOG_LINE = re.compile(
