@@ -22,6 +22,7 @@ from bisect_lite.engines.worker import Worker, WorkerDied
 from bisect_lite.errors import EngineUnavailable
 from bisect_lite.inputs import BadNpz, check_npz
 from bisect_lite.model import Model
+from bisect_lite.npz import NpzReader
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -201,8 +202,6 @@ class EngineRunner:
             digests = check_outputs_file(job.outputs_file, job.fetches, limit)
             outputs: dict[str, np.ndarray] = {}
             if load:
-                from bisect_lite.reference import NpzReader  # (reference.py imports this module)
-
                 # Read from their offsets: no CRC pass and no temporary copy (the checks above bound every size).
                 reader = NpzReader(job.outputs_file)
                 outputs = {f: reader[f] for f in job.fetches if f in digests}

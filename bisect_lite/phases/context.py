@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -15,12 +15,10 @@ from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.journal import Journal
 from bisect_lite.model import Model, extract, truncate
 from bisect_lite.model.fusion import FusedGroup
+from bisect_lite.options import RunOptions
 from bisect_lite.precision import ExpectedError, PrecisionRule, isolated_expectations
 from bisect_lite.reference import ReferenceValues
 from bisect_lite.search import ProbeOutcome, Status
-
-if TYPE_CHECKING:
-    from bisect_lite.bisector import RunOptions
 
 Events = Callable[[str, dict[str, Any]], None]
 STATUS_WORD = {Status.PASS: "pass", Status.FAIL: "fail", Status.CRASH: "crash", Status.SKIP: "skip"}
