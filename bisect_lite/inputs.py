@@ -10,13 +10,13 @@ import re
 import zipfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from bisect_lite.errors import InputError
 from bisect_lite.fsutil import atomic_write_bytes
 from bisect_lite.model import Model
+from bisect_lite.npz import NpzReader
 
 MAX_INPUT_BYTES = 4 << 30  # generated inputs beyond this are a typo in --shape, not a model to debug on a host
 MAX_DIM = (1 << 31) - 1
@@ -133,42 +133,12 @@ def load_inputs(path: Path, model: Model) -> dict[str, np.ndarray]:
     return out
 
 
-class BadNpz(ValueError):
-    """An .npz whose arrays are not what their headers claim (or too large, or not plain arrays)."""
-
-
-def check_npz(file: Any, *, wanted: Collection[str] | None = None, limit: int = MAX_INPUT_BYTES) -> dict[str, int]:
-    """Check every array header of an .npz (path or binary file) against its stored size, before anything is
-    allocated: a header may claim 4 TiB. `wanted` limits the check to those names. Returns {name: CRC-32}."""
-    with zipfile.ZipFile(file) as archive:
-        infos = archive.infolist()
-        if sum(i.file_size for i in infos) > limit:
-            raise BadNpz(f"more than {limit} bytes of arrays")
-        digests: dict[str, int] = {}
-        for info in infos:
-            name = info.filename.removesuffix(".npy")
-            if wanted is not None and name not in wanted:
-                continue
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-                else:
-                    raise BadNpz(f"{name!r}: unsupported .npy version {version}")
-                header_len = member.tell()
-            if dtype.hasobject:
-                raise BadNpz(f"{name!r} holds Python objects")
-            count = 1
-            for d in shape:
-                count *= d
-            if header_len + count * dtype.itemsize != info.file_size:
-                raise BadNpz(
-                    f"{name!r} claims shape {list(shape)} {dtype} but holds {info.file_size - header_len} bytes"
-                )
-            digests[name] = info.CRC
-        return digests
+def check_npz(path: Path, *, wanted: Collection[str] | None = None, limit: int = MAX_INPUT_BYTES) -> dict[str, int]:
+    """Check every array header of an .npz against its stored size, before anything is allocated: a header may
+    claim 4 TiB (bisect_lite.npz.NpzReader). `wanted` limits the check to those names. Returns {name: CRC-32}."""
+    reader = NpzReader(path, wanted=wanted, limit=limit)
+    reader.close()
+    return {n: c for n, c in reader.crcs.items() if wanted is None or n in wanted}
 
 
 def read_npz(path: Path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from bisect_lite.engines.spec import EngineSpec
 from bisect_lite.errors import InputError
+from bisect_lite.npz import NpzReader
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RunResult:
     info: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
     digests: dict[str, int] = field(default_factory=dict)  # CRC-32 of each output's .npy bytes
+    stored: NpzReader | None = None  # outputs left in their file (EngineRunner.run with load=False)
 
     @property
     def ok(self) -> bool:

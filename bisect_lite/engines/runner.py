@@ -20,9 +20,8 @@ from bisect_lite.engines.base import Engine, Job, RunResult
 from bisect_lite.engines.registry import create_engine
 from bisect_lite.engines.worker import Worker, WorkerDied
 from bisect_lite.errors import EngineUnavailable
-from bisect_lite.inputs import BadNpz, check_npz
 from bisect_lite.model import Model
-from bisect_lite.npz import NpzReader
+from bisect_lite.npz import BadNpz, NpzReader
 
 DEFAULT_TIMEOUT = 120.0
 
@@ -55,8 +54,8 @@ def output_bound(model: Model, inputs: Mapping[str, np.ndarray]) -> int:
     return int(min(MAX_OUTPUT_BYTES, 16 * total * scale + (64 << 20)))
 
 
-def check_outputs_file(path: Path, fetches: list[str], limit: int | None = None) -> dict[str, int]:
-    """Validate an engine's outputs .npz without loading it; return {name: CRC-32} of its arrays.
+def check_outputs_file(path: Path, fetches: list[str], limit: int | None = None) -> NpzReader:
+    """Validate an engine's outputs .npz without loading it; return its reader (CRC-32 of each array in `crcs`).
 
     Refused: anything but a regular file (a FIFO or /dev/zero would hang or never end), more bytes than `limit`,
     far more members than fetches, compressed or pickled members, and any .npy whose header claims another size
@@ -69,17 +68,17 @@ def check_outputs_file(path: Path, fetches: list[str], limit: int | None = None)
             raise BadOutputs("not a regular file")
         if st.st_size > limit:
             raise BadOutputs(f"{st.st_size} bytes, more than the {limit} byte cap (BISECT_LITE_MAX_OUTPUT_BYTES)")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            with zipfile.ZipFile(f) as archive:
-                if len(archive.infolist()) > 2 * len(fetches) + 16:
-                    raise BadOutputs(f"{len(archive.infolist())} arrays for {len(fetches)} fetches")
-            f.seek(0)
-            try:
-                return check_npz(f, wanted=set(fetches), limit=limit)
-            except BadNpz as exc:
-                raise BadOutputs(str(exc)) from None
+        file = os.fdopen(os.dup(fd), "rb")
     finally:
         os.close(fd)
+    try:
+        reader = NpzReader(path, file=file, wanted=set(fetches), limit=limit)
+    except BadNpz as exc:
+        raise BadOutputs(str(exc)) from None
+    if len(reader) > 2 * len(fetches) + 16:
+        reader.close()
+        raise BadOutputs(f"{len(reader)} arrays for {len(fetches)} fetches")
+    return reader
 
 
 class EngineRunner:
@@ -121,6 +120,11 @@ class EngineRunner:
     def spec(self) -> str:
         return str(self.engine.spec)
 
+    @property
+    def cache_key(self) -> str:
+        """What identifies this engine's results (its canonical spec and version)."""
+        return self._key
+
     def facts(self) -> dict:
         return self.engine.facts()
 
@@ -134,7 +138,8 @@ class EngineRunner:
         load: bool = True,
     ) -> RunResult:
         """Run `model`. `keep` names a path that receives the engine's outputs .npz (saves re-writing it);
-        `load=False` leaves the arrays there and returns only their digests (result.digests)."""
+        `load=False` leaves the arrays there: result.stored reads them one at a time (close it when done), and
+        result.digests holds their CRC-32s."""
         inputs = {name: np.asarray(inputs[name]) for name in model.feeds}
         fetches = list(model.fetches)
         # The key hashes every input (30 ms for PP-OCRv5 det's 640x640 image): only when results may be cached.
@@ -176,6 +181,8 @@ class EngineRunner:
                 self.cache.put_result(key, result.outputs)
             if result.ok and keep is not None:
                 os.replace(job.outputs_file, keep)
+                if result.stored is not None:
+                    result.stored.path = keep
         shutil.rmtree(job_dir, ignore_errors=True)  # a long search must not fill the disk with job files
         return result
 
@@ -193,33 +200,39 @@ class EngineRunner:
 
     @staticmethod
     def _collect(job: Job, result: RunResult, load: bool = True, limit: int | None = None) -> RunResult:
-        """Check the outputs file holds every fetch; load the arrays, or (load=False) only their CRC-32s from the
-        zip directory, which is enough to compare two runs bit for bit without reading the data.
+        """Check the outputs file holds every fetch; load the arrays, or (load=False) leave them in the file, read
+        one at a time through `result.stored`; their CRC-32s (from the zip directory) are enough to compare two
+        runs bit for bit without reading the data.
 
         The file is the engine's word, not ours: it must be a regular file within the byte cap, and every array's
         header must agree with its stored size before anything is allocated (a header may claim 4 TiB)."""
         try:
-            digests = check_outputs_file(job.outputs_file, job.fetches, limit)
-            outputs: dict[str, np.ndarray] = {}
-            if load:
-                # Read from their offsets: no CRC pass and no temporary copy (the checks above bound every size).
-                reader = NpzReader(job.outputs_file)
-                outputs = {f: reader[f] for f in job.fetches if f in digests}
+            reader = check_outputs_file(job.outputs_file, job.fetches, limit)
         except FileNotFoundError:
             return RunResult("crash", seconds=result.seconds, message="engine wrote no outputs file")
         except BadOutputs as exc:
             return RunResult("crash", seconds=result.seconds, message=f"unusable outputs file: {exc}")
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as exc:
             return RunResult("crash", seconds=result.seconds, message=f"unreadable outputs file ({exc})")
-        missing = [f for f in job.fetches if f not in digests]
+        missing = [f for f in job.fetches if f not in reader]
         if missing:
+            reader.close()
             return RunResult(
                 "crash",
                 seconds=result.seconds,
                 message=f"outputs file lacks {len(missing)} of {len(job.fetches)} fetches: " + ", ".join(missing[:5]),
             )
-        result.outputs = {f: outputs[f] for f in job.fetches} if load else {}
-        result.digests = {f: digests[f] for f in job.fetches}
+        result.digests = {f: reader.crcs[f] for f in job.fetches}
+        if not load:
+            result.stored = reader
+            return result
+        try:
+            # Read from their offsets: no CRC pass and no temporary copy (the checks above bound every size).
+            result.outputs = {f: reader[f] for f in job.fetches}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            return RunResult("crash", seconds=result.seconds, message=f"unreadable outputs file ({exc})")
+        finally:
+            reader.close()
         return result
 
     def optimized_program(self, model: Model) -> Model | None:
