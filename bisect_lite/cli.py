@@ -543,7 +543,7 @@ def run(
         ),
     ] = "auto",
     max_memory: Annotated[
-        str, typer.Option("--max-memory", help="Memory budget for reference values, e.g. 2G.")
+        str, typer.Option("--max-memory", help="Memory budget for the tensors one engine run returns, e.g. 2G.")
     ] = "1G",
     no_minimise: Annotated[bool, typer.Option("--no-minimise", help="Keep the repro's input shapes.")] = False,
     shape: ShapeOpt = [],
@@ -716,6 +716,8 @@ def _print_warnings(report: dict[str, Any]) -> None:
 
 
 def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
+    from bisect_lite.report.markdown import reference_dump_line
+
     verdict = report["verdict"]
     cached = f" + {report['target_cache_hits']} from cache" if report["target_cache_hits"] else ""
     by_phase = ", ".join(f"{k} {v}" for k, v in report.get("target_runs_by_phase", {}).items())
@@ -725,6 +727,7 @@ def _print_run_summary(report: dict[str, Any], out_dir: Path) -> None:
         + (f" ({by_phase})" if by_phase else "")
         + (f", {report['search_strategy']} search" if report.get("search_strategy") else "")
         + f", {report['seconds']:.1f} s"
+        + (f"; reference dump {dump}" if (dump := reference_dump_line(report)) else "")
     )
     if verdict == "match":
         out.print(

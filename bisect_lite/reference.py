@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bisect_lite.engines.base import RunResult
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable
 from bisect_lite.fsutil import atomic_write_text
@@ -55,11 +56,11 @@ class ReferenceValues:
     def __init__(self, directory: Path, inputs: Mapping[str, np.ndarray]) -> None:
         self.directory = directory
         self.inputs = dict(inputs)
-        index_file = directory / "index.json"
-        self.index: dict[str, str] = json.loads(index_file.read_text()) if index_file.exists() else {}
+        self.index: dict[str, str] = {}
         self.nondeterministic: list[str] = []
         self.unobservable: list[str] = []  # tensors the reference engine cannot return
         self._readers: dict[str, NpzReader] = {}  # batch file -> where its arrays lie
+        self.load()
 
     @property
     def complete(self) -> bool:
@@ -99,6 +100,7 @@ class ReferenceValues:
             feeds = {f: self.inputs[f] for f in cut.feeds}
             file = f"batch-{done}.npz"
             first = runner.run(cut, feeds, keep=self.directory / file, load=False)
+            _close(first)
             if not first.ok:
                 first_failure = first_failure or f"{first.status}: {first.message}"
                 if len(batch) > 1:
@@ -109,6 +111,7 @@ class ReferenceValues:
                 continue
             # Determinism: the same run again, compared bit for bit through the .npy CRCs (no data read).
             second = runner.run(cut, feeds, use_cache=False, keep=self.directory / "second.npz", load=False)
+            _close(second)
             if second.ok:
                 self.nondeterministic += [n for n in batch if first.digests[n] != second.digests[n]]
             index.update(dict.fromkeys(batch, file))
@@ -123,12 +126,21 @@ class ReferenceValues:
         atomic_write_text(self.directory / "index.json", json.dumps(index))  # last: marks the dump complete
         self.index = index
 
-    def load_flags(self) -> None:
-        flags = self.directory / "flags.json"
-        if flags.exists():
+    def load(self) -> None:
+        """Read the dump's index and flags, when the directory holds a complete dump (an interrupted run's, or
+        one linked from the cache)."""
+        index_file, flags = self.directory / "index.json", self.directory / "flags.json"
+        self.index = json.loads(index_file.read_text()) if index_file.exists() else {}
+        if self.index and flags.exists():
             data = json.loads(flags.read_text())
             self.nondeterministic = data["nondeterministic"]
             self.unobservable = data["unobservable"]
+        self._readers.clear()
 
     def close(self) -> None:
         self._readers.clear()
+
+
+def _close(result: RunResult) -> None:
+    if result.stored is not None:
+        result.stored.close()

@@ -297,6 +297,16 @@ def _statistics(report: Mapping[str, Any], probes: list[Mapping[str, Any]]) -> l
         + ")"
     )
     out.append(f"- Reference engine runs: {report.get('reference_runs', '?')}")
+    dump = reference_dump_line(report)
+    if dump:
+        out.append(f"- Reference dump: {dump}")
+    every = (report.get("full_model") or {}).get("every_tensor") or {}
+    if every.get("observed"):
+        runs = every.get("batches", 1)
+        out.append(
+            f"- Every tensor: {every.get('checked')} judged, fetched by the target's second whole-model run"
+            + (f" in {runs} runs: {_esc(str(every['memory']))}" if every.get("memory") else "")
+        )
     verdicts: dict[str, int] = {}
     for p in probes:
         verdicts[str(p.get("verdict"))] = verdicts.get(str(p.get("verdict")), 0) + 1
@@ -312,6 +322,29 @@ def _statistics(report: Mapping[str, Any], probes: list[Mapping[str, Any]]) -> l
         out.append(f"- Time: {total:.1f} s total")
     out.append("")
     return out
+
+
+def reference_dump_line(report: Mapping[str, Any]) -> str:
+    """Where the reference dump came from and what it cost (also the CLI's summary); "" when not known."""
+    ref = report.get("reference") or {}
+    seconds = ref.get("seconds")
+    if ref.get("dump") == "cache" and isinstance(seconds, (int, float)):
+        prec = report.get("precision") or {}
+        expectations = (
+            f", the precision model's expectations {prec['expectation_seconds']:.1f} s"
+            if prec.get("expectations_from_cache") and isinstance(prec.get("expectation_seconds"), (int, float))
+            else ""
+        )
+        return (
+            f"from the cache (it took {seconds:.1f} s and {ref.get('runs', '?')} reference runs when computed"
+            f"{expectations}; {ref.get('saved_seconds', 0.0):.1f} s saved)"
+        )
+    if ref.get("dump") == "computed" and isinstance(seconds, (int, float)):
+        kept = ", kept in the cache" if "cache_seconds" in ref else ""
+        return f"computed in {seconds:.1f} s ({ref.get('runs', '?')} reference runs){kept}"
+    if ref.get("dump") == "resumed":
+        return "the interrupted run's"
+    return ""
 
 
 # ----------------------------------------------------------------------------------------------------
