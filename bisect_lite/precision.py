@@ -33,7 +33,7 @@ What K assumes (measured on an NVIDIA H200, layer by layer on the PP-OCRv5 model
 Tune K with `--precision-factor`; `--accumulation half` selects the second model. Explicit tolerances (--atol,
 --rtol, --tol) win over the model; fp32 targets never use it.
 
-`deep_check` judges every dumped tensor on the target (the outputs alone can hide a fault) and measures how quiet
+`deep_check` judges every tensor of the target's runs (the outputs alone can hide a fault) and measures how quiet
 the target is: a runner much quieter than fp16 (an fp32 `cmd:` runner of undeclared precision) has its
 expectations scaled down (`quiet_target_scale`, at most to a tenth; the floors stay).
 """
@@ -43,13 +43,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bisect_lite.compare import CompareConfig, Comparison, TensorMetrics, compare_tensor
+from bisect_lite.compare import CompareConfig, Comparison, TensorMetrics, compare_tensor, dot
 from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import Model, truncate
 
@@ -87,9 +88,13 @@ def error_stats(ref: np.ndarray, other: np.ndarray, k_red: int = 1, isolated: bo
     if ref.dtype.kind != "f" or other.dtype.kind != "f" or ref.size != other.size:
         return None
     # float32 throughout (float64 copies of a 6M-element tensor cost more than the run): the difference of two
-    # float32 values is exact to 2^-24 relative, and BLAS nrm2 accumulates without overflow.
+    # float32 values is exact to 2^-24 relative.
     r = ref.reshape(-1).astype(np.float32, copy=False)
     o = other.reshape(-1).astype(np.float32, copy=False)
+    quick = finite_error(r, o)
+    if quick is not None:
+        rel, max_abs, absmax = quick
+        return ExpectedError(rel, max_abs, absmax, k_red, isolated)
     finite_r = np.isfinite(r)
     both = finite_r & np.isfinite(o)
     bad = int(np.count_nonzero(finite_r & ~both))
@@ -101,9 +106,27 @@ def error_stats(ref: np.ndarray, other: np.ndarray, k_red: int = 1, isolated: bo
     if not r.size:
         return ExpectedError(0.0, 0.0, 0.0, k_red, isolated)
     d = o - r
-    nr, nd = float(np.linalg.norm(r)), float(np.linalg.norm(d))
+    nr, nd = math.sqrt(dot(r, r)), math.sqrt(dot(d, d))
     rel = nd / nr if nr > 0 else (0.0 if nd == 0 else math.inf)
     return ExpectedError(rel, float(np.abs(d).max()), absmax, k_red, isolated)
+
+
+def finite_error(r: np.ndarray, o: np.ndarray, absmax: bool = True) -> tuple[float, float, float] | None:
+    """(rel L2, max abs of o - r, max |r|) of two flat float32 arrays, in a few passes and one temporary; None
+    unless every element of both is finite (finite sums of squares prove it: NaN/inf, or squares beyond float32,
+    make them infinite), and then the masked statistics of `error_stats` are needed. `absmax=False`: max |r| is not
+    wanted (0.0), two passes fewer."""
+    if not r.size:
+        return 0.0, 0.0, 0.0
+    rr = dot(r, r)
+    d = np.subtract(o, r)
+    dd = dot(d, d)
+    if not (math.isfinite(rr) and math.isfinite(dd)):
+        return None
+    peak = max(float(r.max()), -float(r.min())) if absmax else 0.0
+    max_abs = max(float(d.max()), -float(d.min()))
+    nr, nd = math.sqrt(rr), math.sqrt(dd)
+    return (nd / nr if nr > 0 else (0.0 if nd == 0 else math.inf)), max_abs, peak
 
 
 def reduction_length(model: Model, index: int) -> int:
@@ -343,8 +366,8 @@ class Expectations:
             cut = truncate(model, names)
             # Outputs stay in their file and are read one tensor at a time: memory holds one tensor, not a batch.
             result = emulation.run(cut, {f: values[f] for f in cut.feeds}, keep=kept, load=False)
-            if result.ok:
-                with np.load(kept, allow_pickle=False) as outputs:
+            if result.ok and result.stored is not None:
+                with closing(result.stored) as outputs:  # arrays read one at a time, from their offsets
                     for name in names:
                         k_red = reduction_length(model, producers[name]) if name in producers else 1
                         stats = error_stats(values[name], outputs[name], k_red)
@@ -498,46 +521,27 @@ def quiet_target_scale(ratios: Sequence[float]) -> float:
 def deep_check(
     model: Model,
     values: Any,  # ReferenceValues (complete)
-    target: Any,  # EngineRunner
+    observed: Iterable[tuple[str, np.ndarray]],
     rule: PrecisionRule,
     expectations: Mapping[str, ExpectedError],
     config: CompareConfig,
-    skip: Iterable[str] = (),
 ) -> DeepCheck:
-    """Run the target on the model cut to every dumped tensor (the reference's own batches, outputs included),
-    measure how quiet the target is against the emulation (`quiet_target_scale`), then judge every tensor with the
-    rule so scaled. `skip`: tensors the target never materialises (internal to its fused groups: fetching them
-    would undo the fusion)."""
-    skipped = set(skip)
-    batches: dict[str, list[str]] = {}
-    for name, file in values.index.items():
-        if name not in skipped:
-            batches.setdefault(file, []).append(name)
+    """Judge every tensor a target run returned (`observed`: (name, the target's value), streamed, so one tensor is
+    held at a time): measure how quiet the target is against the emulation (`quiet_target_scale`), then judge every
+    tensor with the rule so scaled. The caller runs the target (bisect_lite.phases.confirm) and fills `runs`."""
     check = DeepCheck()
     producers = model.producers
-    kept = values.directory / "every-tensor.npz"
     # name -> (quick statistics or None, the metrics to judge: quick ones, or the full comparison)
     stats: dict[str, tuple[ExpectedError | None, TensorMetrics]] = {}
     order: list[str] = []
-    for names in batches.values():
-        cut = truncate(model, names)
-        # keep/load=False: the outputs are not copied into the result cache (hundreds of MB on a real model) and
-        # are read one tensor at a time.
-        result = target.run(cut, {f: values[f] for f in cut.feeds}, keep=kept, load=False)
-        check.runs += 1
-        if not result.ok:  # the whole model ran; a crash of a cut is not a numeric finding, leave it to the search
-            check.crashed = f"{result.status}: {result.message}"[:300]
-            continue
-        with np.load(kept, allow_pickle=False) as outputs:
-            for name in names:
-                ref, out = values[name], outputs[name]
-                quick = fast_stats(name, ref, out, expectations, config)
-                if quick is not None:
-                    stats[name] = (quick, quick_metrics(name, quick, ref, out))
-                else:
-                    stats[name] = (None, compare_tensor(name, ref, out, config))
-                order.append(name)
-    kept.unlink(missing_ok=True)
+    for name, out in observed:
+        ref = values[name]
+        quick = fast_stats(name, ref, out, expectations, config)
+        if quick is not None:
+            stats[name] = (quick, quick_metrics(name, quick, ref, out))
+        else:
+            stats[name] = (None, compare_tensor(name, ref, out, config))
+        order.append(name)
     ratios = [
         s.rel_l2 / e.rel_l2
         for n, (s, _) in stats.items()
@@ -577,10 +581,13 @@ def fast_stats(
         return None
     if ref.dtype.kind != "f" or target.dtype.kind != "f" or ref.shape != target.shape:
         return None
-    if not bool(np.isfinite(ref).all()):
+    r, t = (a.reshape(-1).astype(np.float32, copy=False) for a in (ref, target))
+    # the rule reads the expectation's max |ref|, not this one's
+    quick = finite_error(r, t, absmax=False)
+    if quick is None:
         return None
-    stats = error_stats(ref, target)
-    return None if stats is None or stats.emulation_nonfinite else stats
+    rel, max_abs, _ = quick
+    return ExpectedError(rel, max_abs, 0.0)
 
 
 def judge_tensor(

@@ -100,6 +100,12 @@ class RunContext:
     search_strategy: str = "binary"  # how phase 3 searched (phases/observe.py): binary, multicut, or both
     search_strategy_reason: str = ""
     observation_runs: dict[int, int] = field(default_factory=dict)  # segment -> runs observing several cuts
+    # The first op beyond the judgement as the whole-model runs of a fetch-invariant target observed it (every
+    # tensor fetched, phases/confirm.py): the search takes it as an observation and confirms it with a plain probe.
+    observed_blame: int | None = None
+    # The whole model failed and nothing has shown yet that the target computes anything right: the setup check
+    # (phases/confirm.py) runs after the search of segment 0 unless one of its probes passed.
+    setup_pending: bool = False
 
     def segment_model(self, start: int, targets: list[str]) -> Model:
         """The model computing `targets` from op `start` on; tensors made before `start` are fed (reference)."""

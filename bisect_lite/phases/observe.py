@@ -8,6 +8,8 @@ under half of --max-memory, as for the reference batches) and as judging them co
 The answer is confirmed by one plain probe; when that disagrees, or the target crashes while observing, the plain
 binary search takes over with what is known.
 A crash is always hunted by the binary search: a crashing run says nothing about its lower cuts.
+On segment 0 the whole-model runs have usually observed every tensor already (phases/confirm.py): the search then
+starts from the bracket they give and only confirms it with the plain probe.
 """
 
 from __future__ import annotations
@@ -125,9 +127,11 @@ def locate(
     probe_at: Callable[[int], ProbeOutcome],
     known: Mapping[int, ProbeOutcome],
     cuts: Sequence[int] | None,
+    observed: Mapping[int, ProbeOutcome] | None = None,
 ) -> BisectResult:
     """The first failing cut of the segment from op `start` (positions relative to `start`), by the strategy
-    `choose_strategy` picks; ctx.search_strategy records what was used."""
+    `choose_strategy` picks; ctx.search_strategy records what was used. `observed`: outcomes of cuts seen by the
+    whole-model run of every tensor (segment 0): the multi-cut search starts from them."""
     n = len(ctx.model.ops) - start
     strategy, why = choose_strategy(ctx, hunted)
     if strategy == "binary":
@@ -166,16 +170,21 @@ def locate(
         for e in ctx.journal.find(type="probe", segment=start)
         if str(e.get("message", "")).startswith(OBSERVED)
     }
-    observed = {p: o for p, o in known.items() if p in replayed_observed}
+    seen = {**(observed or {}), **{p: o for p, o in known.items() if p in replayed_observed}}
     plain = {p: o for p, o in known.items() if p not in replayed_observed}
     result = multicut_first_failure(
-        n, observe_at, confirm=probe_at, fits=fits, known=plain, observed=observed, cuts=cuts
+        n, observe_at, confirm=probe_at, fits=fits, known=plain, observed=seen, cuts=cuts
     )
     ctx.notes.extend(result.notes)
     widths = [len(o) for o in result.observations]
     if not result.fallback:
         ctx.search_strategy = "multicut"
         ctx.search_strategy_reason = f"{why}; cuts observed per run: {widths}, answer confirmed by a plain probe"
+        if observed:
+            ctx.search_strategy_reason = (
+                f"{why}; the whole-model runs observed every tensor, the first op beyond the judgement was "
+                f"confirmed by a plain probe (runs: {widths})"
+            )
         return result
     ctx.search_strategy = "multicut, then binary"
     ctx.search_strategy_reason = f"{why}; cuts observed per run: {widths}; fell back to the plain binary search"

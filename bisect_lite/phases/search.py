@@ -19,7 +19,7 @@ from bisect_lite.model.fusion import (
     optimized_ops,
     placement_misses,
 )
-from bisect_lite.phases.confirm import EVERY_TENSOR
+from bisect_lite.phases.confirm import EVERY_TENSOR, check_setup
 from bisect_lite.phases.context import STATUS_WORD, WORD_STATUS, Probe, RunContext
 from bisect_lite.phases.observe import locate
 from bisect_lite.search import ProbeOutcome, Status, bisect_first_failure, expected_probes
@@ -64,7 +64,10 @@ def search_segment(ctx: RunContext, start: int, whole: ProbeOutcome) -> dict[str
     n = len(ctx.model.ops)
     hunted = whole.status
     known = replayed(ctx, start)
-    known.setdefault(n - 1 - start, whole)
+    # The whole model's plain run is a probe of the last cut. A blame from every tensor observed on the second
+    # whole-model run is an observation (like a run of many cuts): the search confirms it with a plain probe.
+    observed_blame = ctx.observed_blame if start == 0 else None
+    known.setdefault(n - 1 - start, whole if observed_blame is None else ProbeOutcome(whole.status))
 
     def relative(outcome: ProbeOutcome) -> ProbeOutcome:
         """Blame is an op index; the search works on positions relative to `start`."""
@@ -84,9 +87,17 @@ def search_segment(ctx: RunContext, start: int, whole: ProbeOutcome) -> dict[str
     ctx.events(
         "search", {"segment": start, "ops": n - start, "expected": expected_probes(len(cuts or range(n - start)))}
     )
-    if whole.detail == EVERY_TENSOR and whole.blame is not None and whole.blame >= start:
+    observed: dict[int, ProbeOutcome] = {}
+    if observed_blame is not None:
+        observed = observed_bracket(observed_blame, cuts or range(n))
+    elif whole.detail == EVERY_TENSOR and whole.blame is not None and whole.blame >= start:
         check_observed_blame(whole.blame - start, cuts or range(n - start), probe_at, known)
-    result = locate(ctx, start, hunted, probe_at, known, cuts)
+    result = locate(ctx, start, hunted, probe_at, known, cuts, observed)
+    if ctx.setup_pending and start == 0:
+        ctx.setup_pending = False
+        if not any(p.outcome.status is Status.PASS for p in ctx.probes if p.segment == 0):
+            with ctx.phase("setup"):
+                check_setup(ctx, whole)
     ctx.notes.extend(result.contradictions)
     ctx.notes.extend(getattr(result, "notes", []) or [])
     if result.first_bad is None:
@@ -115,6 +126,17 @@ def search_segment(ctx: RunContext, start: int, whole: ProbeOutcome) -> dict[str
             info["group"] = describe_group(ctx.model, group)
     info["fusion_note"] = fusion_change(ctx, culprit)
     return info
+
+
+def observed_bracket(blame: int, cuts: Sequence[int]) -> dict[int, ProbeOutcome]:
+    """What every tensor observed says of the cuts around the first op beyond the judgement (op `blame`): the cut
+    below it passes (its frontier was made before that op) and the cut holding it fails."""
+    below = max((c for c in cuts if c < blame), default=None)
+    at = min((c for c in cuts if c >= blame), default=max(cuts))
+    observed = {at: ProbeOutcome(Status.FAIL, blame=blame, detail=EVERY_TENSOR)}
+    if below is not None:
+        observed[below] = ProbeOutcome(Status.PASS)
+    return observed
 
 
 def check_observed_blame(

@@ -15,7 +15,8 @@ def write_run_report(out: Path, report: dict[str, Any]) -> None:
 
     plot = None
     precision = report.get("precision") or {}
-    if report.get("probes") or precision.get("depth"):
+    every = (report.get("full_model") or {}).get("every_tensor") or {}
+    if report.get("probes") or precision.get("depth") or every.get("depth"):
         culprits = [c["index"] for c in report.get("culprits", [])]
         title = f"{Path(report['model']).name}: {report['target']['engine']} vs {report['reference']['engine']}"
         written = plot_error_vs_depth(
@@ -26,7 +27,7 @@ def write_run_report(out: Path, report: dict[str, Any]) -> None:
             title,
             expected=precision.get("depth"),
             factor=precision.get("factor"),
-            target_depth=precision.get("target_depth"),
+            target_depth=every.get("depth"),
         )
         plot = written.name if written else None
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, allow_nan=False) + "\n")
