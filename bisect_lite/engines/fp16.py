@@ -173,8 +173,6 @@ class Fp16Engine(PaddleEngine):
             raise InputError(f"engine {label}: skip=all is ambiguous; use ops=none to round no activation")
         self.skip = _op_set(label, "skip", skip) or frozenset()
         self.round_weights = self.option("weights", "round", ("round", "keep")) == "round"
-        if self.int_option("threads", 1) < 1:
-            raise InputError(f"engine {label}: threads must be at least 1")
 
     def version(self) -> str:
         return f"{super().version()}, fp16 rewrite {REWRITE_VERSION}"
