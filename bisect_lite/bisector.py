@@ -77,6 +77,7 @@ class RunOptions:
     target_precision: str | None = None  # --target-precision fp16|fp32 (None: what the engine states)
     precision_factor: float | None = None  # --precision-factor K (None: precision.DEFAULT_FACTOR)
     accumulation: str | None = None  # --accumulation fp32|half (None: fp32)
+    engines_note: str | None = None  # which default engines `run` chose and why (registry.resolve_engines)
 
 
 # ---- the job ----------------------------------------------------------------------------------------------------
@@ -146,15 +147,15 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     # The emulation's results are read once for their error scalars: caching them would write every tensor to disk.
     emulation_cache = Cache(results=False)
     emulation = (
-        EngineRunner(
-            EMULATION_SPEC, emulation_cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch
-        )
+        EngineRunner(EMULATION_SPEC, emulation_cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch)
         if rule is not None
         else None
     )
     try:
         ctx = RunContext(model, options, ref, target, inputs, journal, values, emit)
         ctx.precision, ctx.emulation = rule, emulation
+        if options.engines_note:
+            ctx.notes.append(options.engines_note)
         report, found = _run(ctx)
         report["seconds"] = round(time.perf_counter() - t_start, 3)
         # The precision model's fp16 emulation is an engine too: its runs are not bisect-lite's overhead.
@@ -167,6 +168,12 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         report["peak_rss_mb"] = peak_rss_mb(ref, target, emulation)
         report["reference_runs"] = ref.runs
         report["target_cache_hits"] = target.cache_hits
+        # Runs add facts (the library's release, the OpenCL device, what the kernel caches saved): take them now.
+        report["reference"]["facts"], report["target"]["facts"] = ref.facts(), target.facts()
+        culprit_ops = sorted({i for c in report["culprits"] for i in c.get("ops") or [c["index"]]})
+        kernels = target.kernels(model, culprit_ops)
+        if kernels:
+            report["target"]["kernels"] = kernels
         write_outputs(ctx, report, found)
         return report
     finally:

@@ -408,7 +408,9 @@ def compare(
 
         save_inputs = Path(os.path.abspath(save_inputs))
         check_output_file(save_inputs, protected=_model_paths(model, params), option="--save-inputs")
-    ref_spec, target_spec = resolve_engines(ref, target)
+    ref_spec, target_spec, engines_note = resolve_engines(ref, target)
+    if engines_note and not as_json:
+        err.print(engines_note)
     config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol, target_precision)
     rule = _precision_rule(target_spec, atol, rtol, target_precision, precision_factor, accumulation)
     report = compare_engines(
@@ -427,6 +429,8 @@ def compare(
         verbose=verbose,
         rule=rule,
     )
+    if engines_note:
+        report["engines_note"] = engines_note
     if as_json:
         _print_json(report)
     else:
@@ -576,7 +580,9 @@ def run(
     if resume:
         ref, target = _check_resume(model, params, out_dir, ref, target, inputs, shape, seed, int_range)
     seed = check_seed(seed)
-    ref_spec, target_spec = resolve_engines(ref, target)
+    ref_spec, target_spec, engines_note = resolve_engines(ref, target)
+    if engines_note and not as_json:
+        err.print(engines_note)
     if target_precision not in (None, "fp16", "fp32"):
         raise InputError(f"--target-precision {target_precision!r}: expected fp16 or fp32")
     if accumulation not in (None, "fp32", "half"):
@@ -613,6 +619,7 @@ def run(
         target_precision=target_precision,
         precision_factor=precision_factor,
         accumulation=accumulation,
+        engines_note=engines_note,
     )
     from bisect_lite.progress import RunProgress
 

@@ -233,7 +233,16 @@ class AdbExecutor(Executor):
     def info(self, nb: Path | None = None) -> tuple[dict[str, Any], str]:
         proc = self.adb("shell", f"cd {self.device_dir} && LD_LIBRARY_PATH=. ./{RUNNER} --info")
         facts = last_json_line(proc.stdout)
-        keep = ("opencl_valid", "opencl_fp16_valid", "opencl_fp16", "opencl_platform", "opencl_device", "device")
+        keep = (
+            "opencl_valid",
+            "opencl_fp16_valid",
+            "opencl_fp16",
+            "opencl_platform",
+            "opencl_device",
+            "device",
+            "gpu",
+            "driver",
+        )
         return {k: v for k, v in facts.items() if k in keep}, proc.stderr + proc.stdout
 
     def run(self, nb: Path, in_dir: Path, out_dir: Path, options: list[str], timeout: float) -> RunnerExit:

@@ -12,6 +12,7 @@ import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from bisect_lite.cache import Cache
 from bisect_lite.engines.base import Engine, Job, RunResult
 from bisect_lite.engines.registry import create_engine
 from bisect_lite.engines.worker import Worker, WorkerDied
-from bisect_lite.errors import EngineUnavailable
+from bisect_lite.errors import BisectLiteError, EngineUnavailable
 from bisect_lite.inputs import BadNpz, check_npz
 from bisect_lite.model import Model
 
@@ -115,6 +116,7 @@ class EngineRunner:
         self.engine_seconds = 0.0
         self.peak_rss = 0  # bytes: the highest VmHWM of this engine's worker processes (0: no worker)
         self._key = self.engine.cache_key()
+        self._described: tuple[str, dict[str, Any] | None] | None = None  # describe_target of the last model
 
     @property
     def spec(self) -> str:
@@ -231,6 +233,25 @@ class EngineRunner:
             self.cache.model_dir(model), self.cache.prepared_dir(model, self._key)
         )
         return load_model(directory, with_params=False) if directory else None
+
+    def kernels(self, model: Model, ops: list[int] | None = None) -> dict[str, Any] | None:
+        """Which kernel (the target's own place or a host fallback) runs each op, from the optimised program:
+        counts for the model and rows for `ops` (report/kernels.py); None when the engine cannot tell."""
+        from bisect_lite.model.describe import describe_target
+        from bisect_lite.report.kernels import kernel_facts
+
+        place = getattr(self.engine, "place", None)
+        if not place:
+            return None
+        if self._described is None or self._described[0] != model.fingerprint:
+            try:
+                optimized = self.optimized_program(model)
+            except (RuntimeError, OSError, BisectLiteError):  # opt cannot convert it: the verdict says so already
+                return None
+            described = describe_target(model, optimized, self.spec) if optimized is not None else None
+            self._described = (model.fingerprint, described)
+        described = self._described[1]
+        return kernel_facts(described, place, ops) if described else None
 
     def close(self) -> None:
         self.engine.close()

@@ -8,6 +8,8 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from bisect_lite.report.kernels import kernel_lines
+
 # Attributes that describe the program, not the computation: left out of op tables.
 HIDDEN_ATTRS = frozenset({"op_callstack", "op_namescope", "op_device", "with_quant_attr"})
 _MAX_CELL = 120
@@ -35,6 +37,7 @@ def render_report(report: Mapping[str, Any], plot_file: str | None) -> str:
     out.append(_verdict_line(report, culprits))
     out.append("")
     out.extend(_context(report))
+    out.extend(kernel_lines((report.get("target") or {}).get("kernels"), "## Target kernels"))
 
     if culprits:
         for n, c in enumerate(culprits, 1):

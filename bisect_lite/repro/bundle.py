@@ -59,7 +59,7 @@ def repro_facts(
         "kind": entry["kind"],
         "ops": [{"index": i, "type": source.ops[i].type} for i in found["ops"]],
         "reference": {"engine": ref.spec, "facts": ref.facts()},
-        "target": {"engine": target.spec, "facts": target.facts()},
+        "target": {"engine": target.spec, "facts": target.facts(), **_kernels(target, source, found["ops"])},
         "tolerance": tolerance,
         "metrics": [m.to_dict() for m in cmp.tensors] if cmp else [],
         "diagnosis": entry["diagnosis"],
@@ -71,6 +71,12 @@ def repro_facts(
         },
         "fetches": list(sub.fetches),
     }
+
+
+def _kernels(target: EngineRunner, source: Model, ops: list[int]) -> dict[str, Any]:
+    """The kernels that ran the culprit's ops in the whole model (the target's place or a host fallback)."""
+    kernels = target.kernels(source, list(ops))
+    return {"kernels": kernels} if kernels else {}
 
 
 def shaped_model(found: dict[str, Any]) -> Model:

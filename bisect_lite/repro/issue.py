@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bisect_lite.report.kernels import kernel_lines
 from bisect_lite.report.markdown import visible_attrs
 
 _ENGINE_LABELS = (  # substring of the engine name (lower case) -> how Paddle-Lite people call it
@@ -135,6 +136,7 @@ def render_issue(repro: Mapping[str, Any]) -> str:
     out = [f"# {title}", ""]
     out += _summary(repro, op_type, tgt_label, ref_label, precision, worst, crash, family)
     out += _environment(ref, tgt, precision)
+    out += kernel_lines(tgt.get("kernels"), "### Kernels")
     out += _op_section(repro, op, op_type)
     if metrics:
         out += ["### Error statistics", "", *_metrics_table(metrics, repro.get("tolerance") or {})]
