@@ -4,9 +4,11 @@ optimised program, and whole bisections between the ARM and OpenCL backends with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -499,6 +501,31 @@ def test_adb_transport_equals_local(opencl, adb_spec, lite_env, monkeypatch):
         facts = runner.facts()
     assert facts["transport"] == "adb" and facts["android"] == "14" and facts["opencl_valid"] is True
     assert "SimPhone" in facts.values(), facts  # ro.product.model, from getprop
+
+
+def elf_library(path: Path, machine: int) -> Path:
+    """A file whose ELF header names `machine` (183 aarch64, 62 x86-64): what lib= checks before anything runs."""
+    header = bytearray(b"\x7fELF\x02\x01\x01" + bytes(57))
+    header[18:20] = machine.to_bytes(2, "little")
+    path.write_bytes(bytes(header))
+    return path
+
+
+def test_adb_lib_replaces_the_pushed_library(adb_spec, lite_env, tmp_path):
+    device = lite_env / "phone" / DEVICE_DIR.lstrip("/")
+    shutil.rmtree(device, ignore_errors=True)
+    fixed = elf_library(tmp_path / "libfixed.so", 183)
+    with EngineRunner(f"{adb_spec},lib={fixed}") as runner:
+        run_ok(runner, "two_io")
+        facts = runner.facts()
+    # Pushed under the name the runner links with, whatever the file was called; named with its sha256 in facts.
+    assert (device / "libpaddle_light_api_shared.so").read_bytes() == fixed.read_bytes()
+    assert facts["library"] == str(fixed) and facts["library_sha256"] == hashlib.sha256(fixed.read_bytes()).hexdigest()
+    engine = create_engine(f"{adb_spec},lib={elf_library(tmp_path / 'x86.so', 62)}")
+    try:
+        assert "a phone runs aarch64" in (engine.problem() or "")
+    finally:
+        engine.close()
 
 
 # ------------------------------------------------------------------------------------------------ 8. fusion

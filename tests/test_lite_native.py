@@ -168,6 +168,23 @@ def test_lib_runs_a_copy_of_the_library(kernel_home, natives, unet, arm_run, tmp
     assert facts["transport"] == "qemu"
 
 
+def test_verify_with_lib_runs_the_repro_on_that_library(kernel_home, natives, tmp_path, capsys):
+    """The kernel developer's check: a repro (here an fp16 overflow, which fp32 OpenCL kernels do not have) verified
+    on a library of one's own; the verdict table names the library's spec, and exit 0 means it passes there."""
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        ["run", str(FIXTURES / "fp16_overflow"), "--ref", "paddle", "--target", "fp16", "--out", str(out)], capsys
+    )
+    assert code == 1 and (out / "repro" / "repro.json").exists(), err
+    copy = tmp_path / "build" / "libpaddle_light_api_shared.so"
+    copy.parent.mkdir()
+    shutil.copy(natives["opencl"]["lib"], copy)
+    spec = f"lite:opencl,lib={copy}"
+    code, stdout, err = run_cli(["verify", str(out / "repro"), "--target", spec, "--json"], capsys)
+    assert code == 0, err
+    assert [(r["status"], r["target"]) for r in json.loads(stdout)] == [("fixed", spec)]
+
+
 def test_lib_of_another_release_is_refused(kernel_home, natives, tmp_path, capsys):
     # The same library stating another release (its version string patched, same length): opt's .nb files are
     # refused by such a runtime, so no op may be blamed.

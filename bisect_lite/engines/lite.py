@@ -204,7 +204,9 @@ class LiteEngine(Engine):
         `lib=`, the runner built for the library's machine."""
         if self.adb or self.ssh or self.option("python"):
             return None
-        natives = native_targets(self.lite_env)
+        if not hasattr(self, "_natives"):
+            self._natives = native_targets(self.lite_env)
+        natives = self._natives
         if self.lib is not None:
             machine = elf_machine(self.lib)
             return next((t for t in natives.values() if t.get("machine") == machine), None)
@@ -472,20 +474,19 @@ class LiteEngine(Engine):
         }
         if self.lite_env and not (self.adb or self.ssh):
             facts["lite_env"] = str(self.lite_env.root)
+        library = self._library()
+        if library is not None and library.exists():
+            facts.update(library=str(library), library_sha256=file_sha256(library))
         if self.runs_native_here:
             facts.update(self._native_facts())
         return {**facts, **self._runtime}
 
     def _native_facts(self) -> dict[str, Any]:
-        """What the kernels ran on here: precision used, the library (path, sha256, release), QEMU and the CPU it
-        showed, the OpenCL platform and device and their fp16 support, and what the kernel caches saved."""
+        """What the kernels ran on here: the precision used, the runner, QEMU and the CPU it showed, the OpenCL
+        platform and device and their fp16 support, and what the kernel caches saved."""
         native = self._native() or {}
         device = self._device()
-        library = self._library()
-        facts: dict[str, Any] = {"precision_used": self.used_precision}
-        if library is not None and library.exists():
-            facts.update(library=str(library), library_sha256=file_sha256(library))
-        facts["runner"] = native.get("runner")
+        facts: dict[str, Any] = {"precision_used": self.used_precision, "runner": native.get("runner")}
         if self.transport == "qemu":
             facts["emulator"] = device.get("emulator") or _tool_version(str((native.get("launcher") or ["?"])[0]))
             facts["cpu"] = device.get("cpu") or "unknown"
@@ -764,10 +765,9 @@ class LiteEngine(Engine):
 
     def _phone(self) -> AdbExecutor:
         if not isinstance(self._executor, AdbExecutor):
+            libs = [(p, p.name) for p in sorted(self._libs_dir().glob("*.so"))]
             if self.lib is not None:  # lib= replaces the library; the rest of libs= (libc++_shared.so) still goes
-                libs = [self.lib, *(p for p in sorted(self._libs_dir().glob("*.so")) if p.name != LIBRARY)]
-            else:
-                libs = sorted(self._libs_dir().glob("*.so"))
+                libs = [(self.lib, LIBRARY), *(lib for lib in libs if lib[1] != LIBRARY)]
             self._executor = AdbExecutor(Path(self._runner_path()), libs, self.device_dir, self.option("serial"))
         return self._executor
 

@@ -190,11 +190,11 @@ class LocalExecutor(Executor):
 
 
 class AdbExecutor(Executor):
-    """An Android phone over adb: the runner and every library in `libs` (or just `lib`) pushed once."""
+    """An Android phone over adb: the runner and the libraries pushed once (`libs`: local file, name on the phone)."""
 
     kind = "adb"
 
-    def __init__(self, runner: Path, libs: list[Path], device_dir: str, serial: str | None = None) -> None:
+    def __init__(self, runner: Path, libs: list[tuple[Path, str]], device_dir: str, serial: str | None = None) -> None:
         self.runner = runner
         self.libs = libs
         self.device_dir = device_dir
@@ -220,9 +220,7 @@ class AdbExecutor(Executor):
         self.adb_ok("shell", f"mkdir -p {d}")
         self.adb_ok("push", str(self.runner), f"{d}/{RUNNER}")
         self.adb_ok("shell", f"chmod 755 {d}/{RUNNER}")
-        for lib in self.libs:
-            # A `lib=` of any file name is the library the runner links with.
-            name = LIBRARY if lib.name.startswith("libpaddle_light_api") else lib.name
+        for lib, name in self.libs:
             self.adb_ok("push", str(lib), f"{d}/{name}")
         model = self.adb("shell", "getprop ro.product.model").stdout.strip()
         release = self.adb("shell", "getprop ro.build.version.release").stdout.strip()
