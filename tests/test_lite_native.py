@@ -22,10 +22,12 @@ import pytest
 from conftest import FIXTURES, load_fixture_inputs, require, run_cli
 
 from bisect_lite.compare import CompareConfig, compare_outputs
+from bisect_lite.engines.base import Job
 from bisect_lite.engines.lite import native_targets
-from bisect_lite.engines.native import file_sha256
+from bisect_lite.engines.native import file_sha256, write_inputs
 from bisect_lite.engines.registry import create_engine, default_tolerance, resolve_engines
 from bisect_lite.engines.runner import EngineRunner
+from bisect_lite.inputs import save_npz
 from bisect_lite.lite_env import find_lite_env
 from bisect_lite.model import load_model
 
@@ -150,6 +152,35 @@ def test_a_run_past_its_timeout_is_a_timeout_verdict_and_leaves_no_process(nativ
         except OSError:
             pass
     assert not left
+
+
+def test_a_runtime_failure_keeps_paddle_lites_reason_and_stage(kernel_home, unet, tmp_path):
+    """The ARM library given an OpenCL .nb refuses it while building the program: a crash verdict whose message
+    is Paddle-Lite's own fatal line (not the runner's whole log), stage `build`."""
+    model, feeds = unet
+    opencl, arm = create_engine("lite:opencl"), create_engine("lite:arm")
+    try:
+        source = FIXTURES / MODEL  # opt only reads it; the .nb goes to tmp_path
+        nb = opencl.convert(source, tmp_path / "converted")
+        save_npz(tmp_path / "inputs.npz", feeds)
+        job = Job(
+            source,
+            tmp_path / "inputs.npz",
+            tmp_path / "outputs.npz",
+            tmp_path / "io.json",
+            list(model.feeds),
+            list(model.fetches),
+            tmp_path / "work",
+        )
+        write_inputs(job.inputs_file, job.feeds, tmp_path / "in")
+        ended = arm._local_executor().run(nb, tmp_path / "in", tmp_path / "out", [], 60)
+        result = arm._runner_verdict(ended, job, tmp_path / "out")
+    finally:
+        opencl.close()
+        arm.close()
+    assert result.status == "crash" and result.info["stage"] == "build"
+    assert "kernel for 'io_copy' is not supported" in result.message and len(result.message.splitlines()) == 1
+    assert result.message.startswith("Paddle-Lite runtime exit code 3 while building the program"), result.message
 
 
 # ------------------------------------------------------------------------------------------------ lib=PATH
