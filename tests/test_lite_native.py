@@ -305,3 +305,42 @@ def test_run_with_the_defaults_compares_real_arm_with_real_opencl(kernel_home, t
     markdown = (out / "report.md").read_text()
     assert "## Target kernels" in markdown and f"{kernels['on_place']} on opencl" in markdown
     assert "defaults --ref lite:arm --target lite:opencl" in markdown
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def test_issue_and_report_show_kernels_and_the_native_steps():
+    """Rendering only (no kernels needed): the culprit's kernels and the runner command of a native target."""
+    from bisect_lite.report.kernels import kernel_facts, kernel_lines
+    from bisect_lite.repro.issue import render_issue
+
+    described = {
+        "optimized_ops": [
+            {
+                "type": "conv2d",
+                "glue": False,
+                "place": "opencl",
+                "precision": "fp32",
+                "layout": "ImageDefault",
+                "ops": [0, 1],
+            },
+            {"type": "io_copy", "glue": True, "place": "opencl", "precision": "any", "layout": "NCHW"},
+            {"type": "arg_max", "glue": False, "place": "x86", "precision": "fp32", "layout": "NCHW", "ops": [2]},
+        ]
+    }
+    kernels = kernel_facts(described, "opencl", [2])
+    assert (kernels["kernels"], kernels["on_place"], kernels["fallback"], kernels["glue_ops"]) == (2, 1, 1, 1)
+    assert [(r["type"], r["fallback"]) for r in kernels["ops"]] == [("arg_max", True)]
+    assert "| #2 | `arg_max` | x86 (host fallback) | fp32 | NCHW |" in kernel_lines(kernels)
+    facts = {"transport": "local", "valid_targets": "x86_opencl", "precision_used": "fp32", "library": "/l/lib.so"}
+    repro = {
+        "op": {"type": "arg_max", "index": 2},
+        "target": {"engine": "lite:opencl", "facts": {"place": "opencl", **facts}, "kernels": kernels},
+        "reference": {"engine": "lite:arm", "facts": {}},
+        "files": ["model.pdmodel"],
+    }
+    text = render_issue(repro)
+    assert "### Kernels" in text and "x86 (host fallback)" in text
+    assert "--valid_targets=x86_opencl" in text and "--precision fp32" in text and "`/l/lib.so`" in text
+    assert "qemu-aarch64" not in text

@@ -291,6 +291,7 @@ def _steps(repro: Mapping[str, Any], precision: str | None, family: Family) -> l
         family.snippet(repro, precision),
         "```",
         "",
+        *_native_steps(repro),
         "**2. With bisect-lite** (no package index serves it; install it from a checkout of bisect-lite: "
         "`pip install -e .`), inside the unpacked bundle:",
         "",
@@ -377,6 +378,38 @@ for i, name in enumerate(predictor.get_input_names()):
 predictor.run()
 outputs = {{name: predictor.get_output(i).numpy() for i, name in enumerate(predictor.get_output_names())}}
 {_COMPARE_TAIL}"""
+
+
+# The native runner's input directory (runners/android/README.md) from the bundle's inputs.npz.
+_RUNNER_INPUTS = (
+    "python -c \"import numpy as np, pathlib; d = np.load('inputs.npz'); p = pathlib.Path('in'); "
+    "p.mkdir(exist_ok=True); (p / 'names.txt').write_text(''.join(n + chr(10) for n in d.files)); "
+    "[np.save(p / f'{i}.npy', d[n]) for i, n in enumerate(d.files)]\""
+)
+
+
+def _native_steps(repro: Mapping[str, Any]) -> list[str]:
+    """For a target that ran Paddle-Lite's library through the native runner here (QEMU or this machine's OpenCL):
+    the same run without bisect-lite's Python, with opt's valid targets and the library named in the facts."""
+    facts = (repro.get("target") or {}).get("facts") or {}
+    if facts.get("transport") not in ("local", "qemu"):
+        return []
+    launcher = "qemu-aarch64 -L /usr/aarch64-linux-gnu " if facts.get("transport") == "qemu" else ""
+    library = facts.get("library") or "libpaddle_light_api_shared.so"
+    precision = facts.get("precision_used") or "fp32"
+    return [
+        f"**1b. On the same kernels through Paddle-Lite's C++ light API** (bisect-lite's runner, "
+        f"`runners/android/bisect_lite_runner.cc`, built against `{_esc(str(library))}`"
+        f"{', under QEMU' if launcher else ''}):",
+        "",
+        "```sh",
+        "paddle_lite_opt --model_file=model.pdmodel --param_file=model.pdiparams "
+        f"--valid_targets={facts.get('valid_targets', 'arm')} --optimize_out=repro",
+        _RUNNER_INPUTS,
+        f"{launcher}./bisect_lite_runner --model repro.nb --inputs in --outputs out --precision {precision}",
+        "```",
+        "",
+    ]
 
 
 def _lite_snippet(repro: Mapping[str, Any], precision: str | None) -> str:
