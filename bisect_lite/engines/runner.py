@@ -251,7 +251,8 @@ class EngineRunner:
             described = describe_target(model, optimized, self.spec) if optimized is not None else None
             self._described = (model.fingerprint, described)
         described = self._described[1]
-        return kernel_facts(described, place, ops) if described else None
+        used = getattr(self.engine, "used_precision", None)
+        return kernel_facts(described, place, ops, used) if described else None
 
     def close(self) -> None:
         self.engine.close()

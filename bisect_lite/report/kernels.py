@@ -13,9 +13,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-def kernel_facts(described: Mapping[str, Any], place: str, ops: Iterable[int] | None = None) -> dict[str, Any]:
+def kernel_facts(
+    described: Mapping[str, Any], place: str, ops: Iterable[int] | None = None, opencl_precision: str | None = None
+) -> dict[str, Any]:
     """Counts for the whole program and, for `ops` (op indices of the original model), the kernels that ran
-    them: {"place", "kernels", "on_place", "fallback", "by_place", "glue_ops", "ops": [rows]}."""
+    them: {"place", "kernels", "on_place", "fallback", "by_place", "glue_ops", "ops": [rows]}. An OpenCL kernel
+    record names the precision the kernel is registered for (image kernels: fp16); what it computed in is set at
+    run time: `opencl_precision` (fp32 on a device without cl_khr_fp16), shown beside the record's."""
     rows = [r for r in described.get("optimized_ops") or [] if not r.get("glue")]
     by_place = Counter(str(r.get("place") or "unknown") for r in rows)
     wanted = set(ops or ())
@@ -28,7 +32,10 @@ def kernel_facts(described: Mapping[str, Any], place: str, ops: Iterable[int] | 
                     "ops": covered,
                     "type": row.get("type"),
                     "place": row.get("place"),
-                    "precision": row.get("precision"),
+                    "precision": opencl_precision
+                    if opencl_precision and row.get("place") == "opencl"
+                    else row.get("precision"),
+                    "registered_precision": row.get("precision"),
                     "layout": row.get("layout"),
                     "fallback": row.get("place") != place,
                 }
