@@ -783,16 +783,8 @@ class LiteEngine(Engine):
 
     def _runner_options(self, device_cache: str | None) -> list[str]:
         precision = self.precision if self.adb else self.used_precision
-        options = [
-            "--precision",
-            precision,
-            "--tune",
-            self.tune,
-            "--threads",
-            str(self.threads),
-            "--runs",
-            str(self.runs),
-        ]
+        options = ["--precision", precision, "--tune", self.tune]
+        options += ["--threads", str(self.threads), "--runs", str(self.runs)]
         if device_cache:
             options += ["--cl-cache", f"{device_cache}.bin"]
             if self.tune != "none":
@@ -801,17 +793,18 @@ class LiteEngine(Engine):
 
     def _run_native(self, nb: Path, job: Job, timeout: float, cache_name: str) -> RunResult:
         if self.adb:
-            executor: Executor = self._phone()
+            phone = self._phone()
             try:
-                self._phone().prepare()
+                phone.prepare()
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 raise EngineUnavailable(f"engine {self.spec}: the phone is not usable: {exc}") from None
-            self._runtime.update(self._phone().facts)
+            self._runtime.update(phone.facts)
+            executor: Executor = phone
         else:
             executor = self._local_executor()
         in_dir, out_dir = job.outputs_file.parent / "in", job.outputs_file.parent / "out"
         write_inputs(job.inputs_file, job.feeds, in_dir)
-        if not (self.place == "opencl" and not self.adb):
+        if self.adb or self.place != "opencl":
             device_cache = f"{self.device_dir}/opencl-cache/{cache_name}" if self.adb else None
             ended = executor.run(nb, in_dir, out_dir, self._runner_options(device_cache), timeout)
             return self._runner_verdict(ended, job, out_dir)
