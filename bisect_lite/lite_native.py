@@ -4,7 +4,8 @@ on this machine's OpenCL platform (`lite:opencl`), through the project's runner 
 Paddle-Lite's light-API libraries come from a folder laid out like ../shared/paddle-lite (`armv8/{lib,include}`,
 `x86-opencl/{lib,include}`): `setup lite --libs DIR`, else `$BISECT_LITE_PADDLE_LITE_LIBS`, else `shared/paddle-lite`
 beside the checkout. For each library found, setup:
-- checks the Debian packages it needs (installs the missing ones when root with apt-get, else names them);
+- checks the Debian packages it needs (installs the missing ones when root with apt-get, else names them if the
+  place then fails);
 - builds the runner against it into the environment directory, linked with a RUNPATH (not an RPATH) to the
   library's folder, so that LD_LIBRARY_PATH (under QEMU: `-E LD_LIBRARY_PATH=DIR`) can substitute another library;
 - converts the probe model with opt for the place's valid targets (`arm`; `x86_opencl`: not `opencl,x86`, for which
@@ -351,22 +352,17 @@ def setup_native(
     problems: dict[str, str] = {}
     needed = sorted({pkg for place in found for pkg in PLACES[place].packages})
     missing = missing_packages(needed)
-    if missing:
-        line = install_packages(missing, say)
-        if line:
-            for place in found:
-                lacking = [p for p in PLACES[place].packages if p in missing]
-                if lacking:
-                    problems[place] = f"lite:{place}: {line}"
+    # Packages that cannot be installed here are named only where the place then fails: the probe is the truth
+    # (the tools may come from elsewhere).
+    package_line = install_packages(missing, say) if missing else None
     native: dict[str, NativeTarget] = {}
     for place, lib in found.items():
-        if place in problems:
-            continue
         spec = PLACES[place]
         try:
             native[place] = _provision(place, spec, lib, env, root, force, say)
         except EngineUnavailable as exc:
-            problems[place] = str(exc)
+            lacking = package_line and missing and [p for p in spec.packages if p in missing]
+            problems[place] = f"{exc} ({package_line})" if lacking else str(exc)
     base_runs = [r for r in env.runs if r not in env.native]  # what the wheel runs
     runs = base_runs + [p for p in native if p not in base_runs]
     updated = dataclasses.replace(env, native=native, runs=runs)

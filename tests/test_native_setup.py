@@ -26,6 +26,8 @@ from bisect_lite import lite_native
 from bisect_lite.lite_env import LiteEnv, NativeTarget, convert_probe, find_lite_env, write_probe_model
 from bisect_lite.lite_native import LIBRARY, PLACES, default_libraries, install_packages, missing_packages
 
+# A dpkg-query (as setup calls it: -W -f=FORMAT PACKAGE...) on which every package but qemu-user is installed.
+DPKG_QUERY_WITHOUT_QEMU = '#!/bin/sh\nshift 2\nfor p in "$@"; do [ "$p" = qemu-user ] || echo "$p installed"; done\n'
 SCHEMA = {"runner", "lib", "lib_sha256", "version", "valid_targets", "launcher", "machine", "device"}
 
 
@@ -258,12 +260,16 @@ def test_missing_qemu_is_exit_3_in_one_line(env_copy, tmp_path, capsys, monkeypa
     bin_dir = tmp_path / "bin"  # a PATH with the cross compiler and no qemu-aarch64
     bin_dir.mkdir()
     (bin_dir / "aarch64-linux-gnu-g++").symlink_to(shutil.which("aarch64-linux-gnu-g++") or "/nonexistent")
+    (bin_dir / "dpkg-query").write_text(DPKG_QUERY_WITHOUT_QEMU)
+    (bin_dir / "dpkg-query").chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # not root: the missing package is named, not installed
     code, out, err = run_cli(["setup", "lite", "--libs", str(libs)], capsys)
     # Progress lines come first (where the libraries came from), then the error in one line.
     assert code == 3 and "(--libs)" in err and err.strip().splitlines()[-1].startswith("error: "), err
     assert [ln.startswith("error: ") for ln in err.strip().splitlines()].count(True) == 1
     assert "lite:arm needs qemu-aarch64" in err and "install qemu-user" in err
+    assert "(missing Debian packages qemu-user (not root: run `apt-get install qemu-user` as root))" in err
     # The Python part still works and is recorded; the native target is not.
     assert "runs here: x86" in out
     recorded = LiteEnv.from_json(json.loads(env_copy.manifest.read_text()), env_copy.manifest)
@@ -304,9 +310,7 @@ def fake_apt(tmp_path, monkeypatch) -> Path:
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir()
     log = tmp_path / "apt.log"
-    (bin_dir / "dpkg-query").write_text(
-        '#!/bin/sh\nshift 2\nfor p in "$@"; do [ "$p" = qemu-user ] || echo "$p installed"; done\n'
-    )
+    (bin_dir / "dpkg-query").write_text(DPKG_QUERY_WITHOUT_QEMU)
     (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
