@@ -349,24 +349,50 @@ def setup(
     python: Annotated[
         Path | None, typer.Option("--python", help="A CPython 3.10 or 3.8 to build from (default: searched).")
     ] = None,
+    libs: Annotated[
+        Path | None,
+        typer.Option(
+            "--libs",
+            help="Paddle-Lite light-API libraries for lite:arm (QEMU) and lite:opencl, laid out like "
+            "shared/paddle-lite: armv8/{lib,include}, x86-opencl/{lib,include} (default: "
+            "$BISECT_LITE_PADDLE_LITE_LIBS, the last setup's, shared/paddle-lite beside the checkout).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a working environment exists.")] = False,
     as_json: Json = False,
 ) -> None:
-    """Build a private environment holding real Paddle-Lite (paddlelite 2.13rc0, numpy<2) and verify it."""
+    """Build a private environment holding real Paddle-Lite (paddlelite 2.13rc0, numpy<2) and verify it; build and
+    verify the native runner for each Paddle-Lite library found (lite:arm under QEMU, lite:opencl). Exit 3 when a
+    library is found but cannot be made to work (one line naming what to install)."""
     from bisect_lite.lite_env import describe_lite_env, setup_lite_env
+    from bisect_lite.lite_native import setup_native
 
     if what != "lite":
         raise InputError(f"setup {what!r}: the only thing to set up is `lite` (real Paddle-Lite)")
     _check_setup_target()
-    env, reused = setup_lite_env(python, force=force, say=(lambda _: None) if as_json else err.print)
+    say = (lambda _: None) if as_json else err.print
+    env, reused = setup_lite_env(python, force=force, say=say)
+    native = setup_native(env, libs=libs, force=force, say=say)
+    env = native.env
     if as_json:
-        _print_json({**describe_lite_env(env), "reused": reused})
-        return
-    state = "already set up" if reused else "set up"
-    out.print(
-        f"Paddle-Lite {env.version} {state} in {env.root} (manifest {env.manifest}): converts for "
-        f"{', '.join(env.converts)}; runs here: {', '.join(env.runs) or 'nothing'}"
-    )
+        libraries = {"path": str(native.libraries) if native.libraries else None, "source": native.source}
+        _print_json({**describe_lite_env(env), "reused": reused, "libraries": libraries, "problems": native.problems})
+    else:
+        state = "already set up" if reused else "set up"
+        out.print(
+            f"Paddle-Lite {env.version} {state} in {env.root} (manifest {env.manifest}): converts for "
+            f"{', '.join(env.converts)}; runs here: {', '.join(env.runs) or 'nothing'}"
+        )
+        for place, t in env.native.items():
+            where = " ".join(t.launcher) + " " if t.launcher else ""
+            device = ", ".join(f"{k} {v}" for k, v in t.device.items())
+            out.print(
+                f"lite:{place}: {where}{t.runner} on {t.lib} (sha256 {t.lib_sha256[:12]}, "
+                f"version {t.version or 'not reported by the library'}, .nb from opt --valid_targets="
+                f"{t.valid_targets}); {device}"
+            )
+    if native.problems:
+        raise EngineUnavailable("; ".join(native.problems.values()))
 
 
 @app.command()
