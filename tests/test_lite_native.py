@@ -4,8 +4,10 @@ this machine's OpenCL platform (PoCL), through the native runner that `bisect-li
 Checked here: both match the x86 reference; what they state (QEMU and the CPU it shows, the OpenCL platform and
 device, fp16 support and the precision really used, the library's path and sha256, the kernel caches and what
 they saved); `lib=PATH` (a copy runs, a library of another release, of the wrong machine, or no OpenCL platform
-is exit 3 in one line naming what to install); precision=fp16 where the device has no fp16; timeouts; the default
-engines; and a whole `run` between real ARM and real OpenCL kernels. Models are small (QEMU costs seconds).
+is exit 3 in one line naming what to install); a library with one OpenCL kernel made wrong (tests/faulty_lib.py)
+is found by `run` and told apart from the healthy one by `verify ... lib=` (1 / 0); precision=fp16 where the device
+has no fp16; crash reasons and timeouts; the default engines; and a whole `run` between real ARM and real OpenCL
+kernels. Models are small (QEMU costs seconds).
 
 Needs the provisioned native runners: in CI (env CI set) a missing one fails every test here; locally they skip.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FIXTURES, load_fixture_inputs, require, run_cli
+from faulty_lib import make_faulty_opencl_lib
 
 from bisect_lite.compare import CompareConfig, compare_outputs
 from bisect_lite.engines.base import Job
@@ -27,6 +30,7 @@ from bisect_lite.engines.lite import native_targets
 from bisect_lite.engines.native import file_sha256, write_inputs
 from bisect_lite.engines.registry import create_engine, default_tolerance, resolve_engines
 from bisect_lite.engines.runner import EngineRunner
+from bisect_lite.errors import EngineUnavailable
 from bisect_lite.inputs import save_npz
 from bisect_lite.lite_env import find_lite_env
 from bisect_lite.model import load_model
@@ -199,21 +203,31 @@ def test_lib_runs_a_copy_of_the_library(kernel_home, natives, unet, arm_run, tmp
     assert facts["transport"] == "qemu"
 
 
-def test_verify_with_lib_runs_the_repro_on_that_library(kernel_home, natives, tmp_path, capsys):
-    """The kernel developer's check: a repro (here an fp16 overflow, which fp32 OpenCL kernels do not have) verified
-    on a library of one's own; the verdict table names the library's spec, and exit 0 means it passes there."""
+def test_a_faulty_opencl_library_is_found_and_verify_tells_it_from_the_healthy_one(
+    kernel_home, natives, tmp_path, capsys
+):
+    """The kernel developer's loop on real kernels: one OpenCL kernel made wrong (tests/faulty_lib.py: bilinear_interp
+    weighs the wrong row); `run` against real ARM kernels names the op that uses it, the repro records the library,
+    and `verify --target lite:opencl,lib=...` is 0 on the healthy library and 1 on the faulty one."""
+    faulty = make_faulty_opencl_lib(Path(natives["opencl"]["lib"]), tmp_path / "faulty")
+    healthy = tmp_path / "healthy" / "libpaddle_light_api_shared.so"
+    healthy.parent.mkdir()
+    shutil.copy(natives["opencl"]["lib"], healthy)
     out = tmp_path / "out"
+    target = f"lite:opencl,lib={faulty.path}"
     code, _, err = run_cli(
-        ["run", str(FIXTURES / "fp16_overflow"), "--ref", "paddle", "--target", "fp16", "--out", str(out)], capsys
+        ["run", str(FIXTURES / MODEL), "--ref", "lite:arm", "--target", target, "--out", str(out)], capsys
     )
-    assert code == 1 and (out / "repro" / "repro.json").exists(), err
-    copy = tmp_path / "build" / "libpaddle_light_api_shared.so"
-    copy.parent.mkdir()
-    shutil.copy(natives["opencl"]["lib"], copy)
-    spec = f"lite:opencl,lib={copy}"
-    code, stdout, err = run_cli(["verify", str(out / "repro"), "--target", spec, "--json"], capsys)
-    assert code == 0, err
-    assert [(r["status"], r["target"]) for r in json.loads(stdout)] == [("fixed", spec)]
+    assert code == 1, err
+    culprit = json.loads((out / "report.json").read_text())["culprits"][0]
+    assert culprit["type"] in faulty.op_types and culprit["diagnosis"]["kind"] == "kernel_bug"
+    repro = json.loads((out / "repro" / "repro.json").read_text())
+    assert repro["target"]["facts"]["library_sha256"] == faulty.sha256 != faulty.healthy_sha256
+    [row] = repro["target"]["kernels"]["ops"]
+    assert row["type"] in faulty.op_types and row["place"] == "opencl" and not row["fallback"]
+    for library, expected in ((healthy, 0), (faulty.path, 1)):
+        code, _, err = run_cli(["verify", str(out / "repro"), "--target", f"lite:opencl,lib={library}"], capsys)
+        assert code == expected, (library, err)
 
 
 def test_lib_of_another_release_is_refused(kernel_home, natives, tmp_path, capsys):
@@ -239,12 +253,22 @@ def test_lib_of_the_wrong_machine_is_refused(kernel_home, natives, capsys):
     assert "x86-64 library" in line and "aarch64" in line
 
 
-def test_precision_fp16_without_device_fp16_is_refused(kernel_home, natives, capsys):
+def test_precision_fp16_without_device_fp16_is_refused(kernel_home, natives, tmp_path, capsys):
     code, _, err = run_cli(
         ["compare", str(FIXTURES / MODEL), "--ref", "lite:x86", "--target", "lite:opencl,precision=fp16"], capsys
     )
     line = one_line_exit(code, err, 3)
     assert "cl_khr_fp16" in line and "precision=auto or fp32" in line
+    # Past that check (a stale manifest), the runner itself refuses before loading (its exit 5): still exit 3.
+    engine = create_engine("lite:opencl,precision=fp16")
+    try:
+        nb = engine.convert(FIXTURES / MODEL, tmp_path / "converted")
+        ended = engine._local_executor().run(nb, tmp_path, tmp_path / "out", ["--precision", "fp16"], 60)
+        assert ended.code == 5, ended.log[-500:]
+        with pytest.raises(EngineUnavailable, match="fp16"):
+            engine._runner_verdict(ended, None, tmp_path / "out")
+    finally:
+        engine.close()
 
 
 # ------------------------------------------------------------------------------------------------ environment

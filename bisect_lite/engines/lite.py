@@ -62,6 +62,7 @@ from bisect_lite.engines.base import Engine, Job, RunResult
 from bisect_lite.engines.kernel_cache import KernelCache, kernel_cache_root
 from bisect_lite.engines.native import (
     LIBRARY,
+    RUNNER,
     AdbExecutor,
     Executor,
     LocalExecutor,
@@ -782,8 +783,8 @@ class LiteEngine(Engine):
         return self._kernels
 
     def _runner_options(self, device_cache: str | None) -> list[str]:
-        precision = self.precision if self.adb else self.used_precision
-        options = ["--precision", precision, "--tune", self.tune]
+        # The requested precision: the runner decides auto from the device and reports what it used (checked).
+        options = ["--precision", str(self.precision), "--tune", self.tune]
         options += ["--threads", str(self.threads), "--runs", str(self.runs)]
         if device_cache:
             options += ["--cl-cache", f"{device_cache}.bin"]
@@ -839,6 +840,8 @@ class LiteEngine(Engine):
             raise EngineUnavailable(refusal)
         if ended.code == 127 or any(marker in log for marker in ENVIRONMENT_FAILURES):
             raise EngineUnavailable(f"engine {self.spec}: the native runner cannot start: {_startup_failure(log)}")
+        if ended.code == 5:  # the runner refused a precision the OpenCL device cannot run (fp16 without fp16)
+            raise EngineUnavailable(f"engine {self.spec}: {_startup_failure(log)}")
         if ended.code == 2:  # the runner's usage error: the protocol, never the model
             raise EngineUnavailable(f"engine {self.spec}: the native runner refused its job: {_startup_failure(log)}")
         stage = "build" if "cannot load model" in log else "run"
@@ -846,25 +849,33 @@ class LiteEngine(Engine):
         return RunResult("crash", seconds=ended.seconds, message=details["message"], info=details)
 
     def _note_runtime(self, info: dict[str, Any], log: str) -> None:
-        """Facts only a run shows: the library's stated release, the OpenCL device it used, the CPU QEMU showed."""
-        stated = info.get("paddle_lite_version")
-        if not stated:
+        """Facts only a run shows (the runner's info.json): the library's stated release, the library really
+        loaded, the OpenCL device and the precision it ran at, the CPU Paddle-Lite saw. A run on another library
+        or at another precision than the engine states is the environment's fault: EngineUnavailable."""
+        if not info.get("paddle_lite_version"):
             self._runtime["paddle_lite_version"] = "not stated by the library (GetVersion() is empty)"
         if self.adb:
             return
+        loaded, library = info.get("library"), self._library()
+        if loaded and library is not None and Path(loaded).resolve() != library.resolve():
+            raise EngineUnavailable(
+                f"engine {self.spec}: the runner loaded {loaded}, not {library} (LD_LIBRARY_PATH or the runner's "
+                "RUNPATH picked another library): rerun `bisect-lite setup lite --force`"
+            )
         if self.place == "opencl":
             for key in ("opencl_platform", "opencl_device", "opencl_fp16"):
-                if key in info:
+                if info.get(key) is not None:
                     self._runtime[key] = info[key]
-            used = re.search(r"Using device: ([^\n]+)", log)
-            driver = re.search(r"CL_DRIVER_VERSION:([^\n]+)", log)
-            if used and "opencl_device" not in self._runtime:
-                self._runtime["opencl_device"] = used.group(1).strip()
-            if driver:
-                self._runtime["opencl_driver"] = driver.group(1).strip()
+            used = info.get("precision_used")
+            if used and used != self.used_precision:
+                raise EngineUnavailable(
+                    f"engine {self.spec}: the OpenCL device ran {used}, and setup recorded it as running "
+                    f"{self.used_precision} (opencl_fp16 {self._device().get('opencl_fp16')}): rerun "
+                    "`bisect-lite setup lite --force`"
+                )
         cpu = _cpu_seen(log)
         if cpu:
-            self._runtime["cpu"] = cpu
+            self._runtime["paddle_lite_cpu"] = cpu
 
     def close(self) -> None:
         if self._worker is not None:
@@ -879,11 +890,13 @@ class LiteEngine(Engine):
 
 
 def _startup_failure(log: str) -> str:
-    """The line that says why a runner did not start or refused its job."""
+    """The line that says why a runner did not start or refused its job: its own error line (`bisect_lite_runner:
+    error|runtime failure|unsupported precision: ...`; Paddle-Lite logs around it), else Paddle-Lite's fatal line."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    own = [ln.split(": ", 1)[1] for ln in lines if ln.startswith(f"{RUNNER}: ")]
     fatal = _fatal_line(lines)
-    if fatal:
-        return fatal
+    if fatal or own:
+        return fatal or own[-1]
     for line in reversed(lines):
         if "error" in line.lower() or "failure" in line.lower() or "cannot" in line.lower():
             return line
@@ -891,15 +904,13 @@ def _startup_failure(log: str) -> str:
 
 
 def _cpu_seen(log: str) -> str | None:
-    """The CPU Paddle-Lite's ARM library detected (under QEMU: the host's /proc/cpuinfo, so an unknown core)."""
-    arch = re.search(r"CPU ARCH: (\S+)", log)
-    if not arch:
+    """How Paddle-Lite's ARM library classified the CPU (its log: `CPU ARCH: A55`; `A-1` is an unknown core, as
+    under QEMU, which shows the host's /proc/cpuinfo: dot-product and fp16 paths stay off)."""
+    arches = re.findall(r"CPU ARCH: (\S+)", log)
+    if not arches:
         return None
-    name = re.search(r"ARM multiprocessors name: (?:MODEL NAME\s*:\s*)?([^\n]+)", log)
-    count = re.search(r"ARM multiprocessors number: (\d+)", log)
-    core = f"ARM core {arch.group(1)}" + (" (unknown to Paddle-Lite)" if arch.group(1) == "A-1" else "")
-    shown = ", ".join(filter(None, [name.group(1).strip() if name else "", f"{count.group(1)} cores" if count else ""]))
-    return f"{core}; /proc/cpuinfo: {shown}" if shown else core
+    unknown = " (unknown to Paddle-Lite: dot-product and ARM fp16 paths off)" if set(arches) == {"A-1"} else ""
+    return f"CPU ARCH {', '.join(dict.fromkeys(arches))} on {len(arches)} cores{unknown}"
 
 
 @functools.lru_cache(maxsize=8)
