@@ -147,7 +147,9 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     # The emulation's results are read once for their error scalars: caching them would write every tensor to disk.
     emulation_cache = Cache(results=False)
     emulation = (
-        EngineRunner(EMULATION_SPEC, emulation_cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch)
+        EngineRunner(
+            EMULATION_SPEC, emulation_cache, timeout=options.timeout, verbose=options.verbose, scratch=scratch
+        )
         if rule is not None
         else None
     )
