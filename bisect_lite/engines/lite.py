@@ -800,6 +800,11 @@ class LiteEngine(Engine):
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 raise EngineUnavailable(f"engine {self.spec}: the phone is not usable: {exc}") from None
             self._runtime.update(phone.facts)
+            if self.place == "opencl" and phone.facts.get("opencl_valid") is False:  # the phone, not an op
+                raise EngineUnavailable(
+                    f"engine {self.spec}: no usable OpenCL on the phone (the runner's --info: opencl_valid false; "
+                    "a library built without OpenCL, or no GPU driver); lite:arm,adb runs its ARM kernels"
+                )
             executor: Executor = phone
         else:
             executor = self._local_executor()
