@@ -181,8 +181,8 @@ def fmt(x: float | None) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | tensors measured | rel L2 median | p99 | max | max-abs-rel median | p99 | max | judged by | false alarms "
-        "| NaN findings | target runs | target s | ref s |",
+        "| model | tensors measured | rel L2 median | p99 | max | max-abs-rel median | p99 | max | judged by "
+        "| false alarms | NaN findings | target runs | target s | ref s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|",
     ]
     for r in rows:
