@@ -124,7 +124,6 @@ def test_moved_kernels_run_as_x86_kernels_at_run_time(placement_run, tmp_path):
     model = load_model(FIXTURES / "unet")
     inputs = write_inputs(tmp_path / "in", load_fixture_inputs("unet"))
     env = {**os.environ, "GLOG_v": "3", "LD_LIBRARY_PATH": str(faulty.parent)}
-    env["POCL_CACHE_DIR"] = str(tmp_path / "pocl")
     for k, bilinear_on in ((12, "x86"), (11, "opencl")):
         _, nb = optimized(target, model, out / "placement" / f"cpu-first-{k}.txt")
         proc = subprocess.run(
