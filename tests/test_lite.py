@@ -646,3 +646,14 @@ def test_engine_messages_drop_the_log_prefix():
 
     text = "worker died (SIGABRT)\n[F 12/ 7 21: 0:45.549 /p//lite/core/program.h:248 Init] Check failed: opencl_valid:0"
     assert one_line(text) == "worker died (SIGABRT) Check failed: opencl_valid:0 (program.h:248 Init)"
+
+
+def test_a_runner_failure_is_its_own_line_not_the_log_chatter_after_it():
+    from bisect_lite.engines.lite import crash_details
+
+    log = (
+        "bisect_lite_runner: runtime failure: output 'layer_norm_0.tmp_0' holds no data\n"
+        "[I 12/ 7 22:27:49.204 ...//lite/backends/opencl/cl_runtime.cc:41 ~CLRuntime] is_cl_runtime_initialized_:1\n"
+    )
+    details = crash_details(log, 3, "run", "runtime")
+    assert details["message"].endswith("bisect_lite_runner: runtime failure: output 'layer_norm_0.tmp_0' holds no data")

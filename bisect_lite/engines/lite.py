@@ -972,6 +972,13 @@ def parse_log_line(line: str) -> tuple[str, str] | None:
     return match["severity"], f"{message} ({where})" if where and message else message
 
 
+def _is_chatter(line: str) -> bool:
+    """An info or warning log line (`[I ... ~CLRuntime] is_cl_runtime_initialized_:1`, logged by destructors after
+    the real error): never the reason a process failed."""
+    parsed = parse_log_line(line)
+    return parsed is not None and parsed[0] in "IW"
+
+
 def _fatal_line(lines: list[str]) -> str | None:
     """Paddle-Lite's own reason: a fatal log line (`[F 12/ 7 ... file.h:118 Fn] Check failed: ...` or glog's
     `F1207 ... ] ...`), a `Check failed`, or a Python error raised by opt's script."""
@@ -1046,7 +1053,7 @@ def crash_details(text: str, code: int | None, stage: str, where: str) -> dict[s
     if frames:
         message += f"; in {' <- '.join(frames[:3])}"
     if not fatal and not frames:
-        last = next((ln.strip() for ln in reversed(lines) if not ln.startswith(STAGE_MARK)), "")
+        last = next((ln.strip() for ln in reversed(lines) if not (ln.startswith(STAGE_MARK) or _is_chatter(ln))), "")
         message += f": {last}" if last else " without a message"
     details: dict[str, Any] = {"stage": stage, "crashed_in": where, "fatal": fatal, "frames": frames}
     if code is not None and code < 0:
