@@ -291,6 +291,20 @@ def fp16_phone(stand_ins, tmp_path_factory):
         yield r
 
 
+def test_a_phone_without_fp16_is_not_judged_as_fp16(stand_ins, tmp_path, monkeypatch):
+    # precision=auto on a phone is judged as fp16; a GPU without cl_khr_fp16 runs fp32, and a looser fp16 judgement
+    # could pass a real fp32 kernel bug: the engine stops and says which precision to state.
+    monkeypatch.setenv("PADDLELITE_SIM_CL_FP16", "0")
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "libpaddle_light_api_shared.so").write_bytes(b"\x7fELF not really")
+    spec = f"lite:opencl,adb,opt={SIM_OPT},runner={SIM_RUNNER},libs={libs},device_dir={DEVICE_DIR}"
+    with EngineRunner(spec) as runner, pytest.raises(EngineUnavailable, match=r"ran fp32.*pass precision=fp32"):
+        runner.run(load_model(FIXTURES / "two_io"), load_fixture_inputs("two_io"))
+    with EngineRunner(spec + ",precision=fp32") as runner:
+        assert runner.run(load_model(FIXTURES / "two_io"), load_fixture_inputs("two_io")).ok
+
+
 @pytest.fixture(scope="module")
 def paddle_outputs(paddle_runner):
     """Paddle Inference (exact mode) on the fixtures as exported (the simulator's opt takes them as they are)."""

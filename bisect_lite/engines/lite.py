@@ -860,6 +860,13 @@ class LiteEngine(Engine):
         if not info.get("paddle_lite_version"):
             self._runtime["paddle_lite_version"] = "not stated by the library (GetVersion() is empty)"
         if self.adb:
+            used = info.get("precision_used")
+            if self.place == "opencl" and used and used != self.used_precision:
+                # precision=auto is judged as fp16 (nearly every phone); this phone's GPU has no cl_khr_fp16.
+                raise EngineUnavailable(
+                    f"engine {self.spec}: the phone's OpenCL device ran {used}, and this engine is judged as "
+                    f"{self.used_precision}: pass precision={used} so that it is judged as what it computes"
+                )
             return
         loaded, library = info.get("library"), self._library()
         if loaded and library is not None and Path(loaded).resolve() != library.resolve():
