@@ -162,7 +162,9 @@ class ReferenceValues:
             if on_batch:
                 on_batch(len(index) + len(self.unobservable), len(names))
         if any(f not in index for f in model.fetches):
-            raise EngineUnavailable(f"the reference engine {runner.spec} failed on the model ({first_failure})")
+            raise EngineUnavailable(
+                f"the reference engine {runner.spec} failed on the model ({first_failure}){drift_hint(model, runner)}"
+            )
         (self.directory / "second.npz").unlink(missing_ok=True)
         flags = {"nondeterministic": self.nondeterministic, "unobservable": self.unobservable}
         atomic_write_text(self.directory / "flags.json", json.dumps(flags))
@@ -178,3 +180,13 @@ class ReferenceValues:
 
     def close(self) -> None:
         self._readers.clear()
+
+
+def drift_hint(model: Model, runner: EngineRunner) -> str:
+    """For a Paddle-Lite reference: the known Paddle 3.x schema drift that may be why it failed, with the fix."""
+    from bisect_lite.lite_compat import find_drift
+
+    drift = find_drift(model) if runner.engine.name == "lite" else []
+    if not drift:
+        return ""
+    return f"; known Paddle 3.x schema drift: {drift[0].describe()}; `bisect-lite lite-compat MODEL -o DIR` repairs it"

@@ -129,6 +129,9 @@ def render_issue(repro: Mapping[str, Any]) -> str:
         what = "cannot be converted to ONNX"
     elif crash:
         what = f"crashes{f' ({precision})' if precision else ''}, works on {ref_label}"
+    elif worst and _nonfinite_counts(worst):  # rel L2 skips NaN pairs: it would make a NaN look like noise
+        what = f"gives {_nonfinite_counts(worst)} where {ref_label} is finite"
+        what += f" ({precision})" if precision else ""
     else:
         what = f"output differs from {ref_label}" + (f" ({', '.join(numbers)})" if numbers else "")
     title = f"[{tgt_label}] {subject} {what} — standalone repro attached"
@@ -181,15 +184,25 @@ def _summary(
         text = f"`{op_type}` ({where}) gives a different output on {on} than on {ref}"
         if worst:
             tol = repro.get("tolerance") or {}
+            nonfinite = _nonfinite(worst)
+            finite_only = nonfinite and worst.get("rel_l2") is not None  # the statistics skip non-finite pairs
+            text += ": over the finite elements, " if finite_only else ": "
             text += (
-                f": rel L2 {_error(worst, 'rel_l2')}, max abs {_error(worst, 'max_abs')}, "
+                f"rel L2 {_error(worst, 'rel_l2')}, max abs {_error(worst, 'max_abs')}, "
                 f"{_pct(worst.get('mismatch_fraction'))} of elements outside atol {_num(tol.get('atol'))} / "
                 f"rtol {_num(tol.get('rtol'))}"
             )
-            nonfinite = _nonfinite(worst)
             if nonfinite:
                 text += f" ({nonfinite})"
         text += "."
+        first = repro.get("first_nonfinite")
+        if first:
+            where = ", ".join(str(i) for i in first["index"])
+            text += (
+                f" The first of {first['count']} is `{_esc(first['output'])}`[{where}]: {tgt} gives {first['target']}, "
+                f"{ref} {_num(first['reference'])}"
+            )
+            text += "".join(f"; the input `{_esc(n)}` is {_num(v, 6)} there" for n, v in first["inputs"].items()) + "."
     size = "this single op" if repro.get("kind", "op") == "op" else f"these {len(repro.get('ops') or [])} ops"
     text += f" The bundle below reproduces it with {size} and fixed inputs."
     if family.key == "fp16":
@@ -578,12 +591,18 @@ def _error(metrics: Mapping[str, Any] | None, key: str, digits: int = 3) -> str:
 
 def _nonfinite(metrics: Mapping[str, Any]) -> str:
     """ "N NaN, M inf in the target where the reference is finite" or ""."""
+    counts = _nonfinite_counts(metrics)
+    return f"{counts} in the target where the reference is finite" if counts else ""
+
+
+def _nonfinite_counts(metrics: Mapping[str, Any]) -> str:
+    """ "N NaN, M inf" (more in the target than in the reference) or ""."""
     parts = []
     for what in ("nan", "inf"):
         extra = int(metrics.get(f"{what}_target") or 0) - int(metrics.get(f"{what}_ref") or 0)
         if extra > 0:
             parts.append(f"{extra} {'NaN' if what == 'nan' else 'inf'}")
-    return (", ".join(parts) + " in the target where the reference is finite") if parts else ""
+    return ", ".join(parts)
 
 
 def _num(v: Any, digits: int = 3) -> str:
