@@ -357,7 +357,7 @@ class Expectations:
         self,
         model: Model,
         values: Any,  # bisect_lite.reference.ReferenceValues (complete)
-        emulation: Any,  # EngineRunner of the fp16 emulation
+        emulation: Any,  # EngineRunner of the rounding-only fp16 emulation (EMULATION_SPEC)
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         """Run the emulation on the reference's own batches (same cuts, same memory budget) and keep per-tensor
@@ -481,7 +481,7 @@ def explain_within(
     if worst is not None:
         parts.append(
             f"the output {worst.name} is off by rel L2 {worst.rel_l2:.3g} (max abs {worst.max_abs:.3g}); fp16 "
-            f"storage rounding alone gives {worst.expected_rel_l2:.3g} there, the bound is {worst.bound_rel_l2:.3g}"
+            f"rounding alone gives {worst.expected_rel_l2:.3g} there, the bound is {worst.bound_rel_l2:.3g}"
         )
     parts.append(f"all {checked} tensors checked are within {rule.factor:g}x the expected fp16 error")
     top = contributors(model, errors)
