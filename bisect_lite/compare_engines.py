@@ -156,20 +156,20 @@ def _judge_every_tensor(
         producers = model.producers
         failing = [m for m in (deep.comparison.tensors if deep.comparison else []) if not m.passed]
         failing += [m for m in judged.tensors if not m.passed and m.name not in {f.name for f in failing}]
+        first = min(failing, key=lambda m: producers.get(m.name, len(model.ops)), default=None)
         report: dict[str, Any] = {
             "every_tensor": {
                 "checked": deep.checked,
                 "runs": deep.runs,
                 "beyond_precision": [m.name for m in failing],
-                "first_op": deep.blame,
+                "first_op": None if first is None else producers.get(first.name),
                 "not_checked": {"fused_away_by_target": len(hidden), "unobservable": len(values.unobservable)},
                 "crashed": deep.crashed or None,
                 "noise_scale": deep.noise_scale,
             },
             "fp16_range": [f.to_dict() for f in findings],
         }
-        if failing:
-            first = min(failing, key=lambda m: producers.get(m.name, len(model.ops)))
+        if first is not None:
             index = producers.get(first.name)
             result = target.run(truncate(model, [first.name]), feeds)
             if index is not None and result.ok:
