@@ -133,16 +133,9 @@ def _fp16_range(model: Any, inputs: Path | None, shape: list[str], seed: int, ca
         for col in ("tensor", "op", "type", "kind", "max |x|", "share < 2^-14", "where"):
             table.add_column(col, overflow="fold")
         for f in findings:
-            where = f.where if f.accumulated_max_abs is None else f"accumulator |sum| {f.accumulated_max_abs:.4g}"
-            table.add_row(
-                f.tensor,
-                "input" if f.op is None else str(f.op),
-                f.op_type,
-                f.kind,
-                f"{f.max_abs:.4g}",
-                f"{100 * f.share_below_min_normal:.3g}%",
-                where,
-            )
+            op = "input" if f.op is None else str(f.op)
+            share = f"{100 * f.share_below_min_normal:.3g}%"
+            table.add_row(f.tensor, op, f.op_type, f.kind, f"{f.max_abs:.4g}", share, f.location())
         out.print(table)
     out.print(summary_line(findings))
 

@@ -93,6 +93,12 @@ class RangeFinding:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def location(self) -> str:
+        """Where fp16 cannot hold it: the tensor's values, or the op's accumulator with its largest |sum|."""
+        if self.accumulated_max_abs is None:
+            return self.where
+        return f"accumulator, |sum| {self.accumulated_max_abs:.3g}"
+
     def describe(self) -> str:
         who = "model input" if self.op is None else f"op {self.op} {self.op_type}"
         if self.kind == UNDERFLOW:

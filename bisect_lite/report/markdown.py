@@ -271,10 +271,9 @@ def _fp16_range(report: Mapping[str, Any]) -> list[str]:
         "|---|---:|---|---|---:|---:|---|",
     ]
     for f in findings[:_MAX_RANGE_ROWS]:
-        where = f.where if f.accumulated_max_abs is None else f"accumulator, \\|sum\\| {_num(f.accumulated_max_abs)}"
         out.append(
             f"| `{_esc(f.tensor)}` | {'input' if f.op is None else f.op} | {_esc(f.op_type)} | {f.kind} "
-            f"| {_num(f.max_abs)} | {_pct(f.share_below_min_normal)} | {where} |"
+            f"| {_num(f.max_abs)} | {_pct(f.share_below_min_normal)} | {_esc(f.location())} |"
         )
     if len(findings) > _MAX_RANGE_ROWS:
         out.append(f"| … {len(findings) - _MAX_RANGE_ROWS} more in report.json `fp16_range` | | | | | | |")
