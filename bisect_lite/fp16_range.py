@@ -131,7 +131,7 @@ def reader(values: Any) -> Reader:
 
 def predict(model: Model, read: Reader, names: Iterable[str] | None = None) -> list[RangeFinding]:
     """Every range finding of the model on one fp32 reference: model inputs, then each op's outputs in execution
-    order. `read(name)`: the reference value of a tensor, or None when unknown (e.g. ReferenceValues.get).
+    order. `read(name)`: the reference value of a tensor, or None when unknown (see `reader`).
     `names`: the tensors to check (default: every data tensor)."""
     wanted = set(names) if names is not None else None
     findings: list[RangeFinding] = []
@@ -184,7 +184,10 @@ def model_range(
 def summary_line(findings: list[RangeFinding]) -> str:
     """One line for a report or a terminal."""
     if not findings:
-        return "fp16 range: no tensor of the reference leaves fp16's range (none beyond 65504 or mostly below 2^-14)"
+        return (
+            "fp16 range: the reference stays within fp16's range (nothing beyond 65504, no significant mass below "
+            "2^-14)"
+        )
     kinds = {k: sum(1 for f in findings if f.kind == k) for k in (OVERFLOW, UNDERFLOW)}
     counted = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
     return f"fp16 range: {counted}; first: {findings[0].describe()}"

@@ -198,7 +198,7 @@ def test_range_report_lists_exactly_the_tensors_beyond_range(built, capsys):
     assert under[0]["op"] == op_index(built["underflow"], "scale") and under[0]["share_below_min_normal"] > 0.99
     code, stdout, _ = run_cli(["ops", str(FIXTURES / "resnet"), "--fp16-range"], capsys)
     assert code == 0 and stdout.strip().splitlines() == [
-        "fp16 range: no tensor of the reference leaves fp16's range (none beyond 65504 or mostly below 2^-14)"
+        "fp16 range: the reference stays within fp16's range (nothing beyond 65504, no significant mass below 2^-14)"
     ]
 
 

@@ -343,8 +343,9 @@ def _nan_inf(r: np.ndarray, t: np.ndarray, reach: _Reach) -> Diagnosis | None:
 
 
 def _fp16_underflow(r: np.ndarray, t: np.ndarray, reach: _Reach) -> Diagnosis | None:
-    """Significant reference values below fp16's smallest normal, and the target's error sits on them: stored as
-    subnormals (absolute precision 2^-24) or flushed to zero."""
+    """Significant reference values below fp16's smallest normal, relatively much further off than the normal
+    values (a range effect is absolute, noise and kernel faults are relative), and the error there is what fp16's
+    range makes: a flush to zero, or a subnormal's rounding (2^-24 apart) on top of the normal values' noise."""
     both = np.isfinite(r) & np.isfinite(t)
     if not both.all():
         return None
@@ -355,11 +356,14 @@ def _fp16_underflow(r: np.ndarray, t: np.ndarray, reach: _Reach) -> Diagnosis | 
     share = float(np.linalg.norm(r[small])) / norm
     d = t - r
     err, err_small = float(np.linalg.norm(d)) / norm, float(np.linalg.norm(d[small])) / norm
-    if share <= UNDERFLOW_SHARE or err_small < max(0.5 * err, UNDERFLOW_ERROR):
+    if share <= UNDERFLOW_SHARE or err_small < UNDERFLOW_ERROR:
         return None
-    # fp16's range explains an error there only as a flush to zero or a subnormal's rounding (2^-24 apart);
-    # a kernel 10 % off on tiny values is not an underflow.
-    ranged = small & ((t == 0) | (np.abs(d) <= SUBNORMAL_STEP))
+    normal = ~small & (r != 0)
+    noise = float(np.linalg.norm(d[normal]) / np.linalg.norm(r[normal])) if normal.any() else 0.0
+    if err_small / share < 2 * noise:
+        return None  # the small values are no further off than the rest: not the range
+    # A kernel 10 % off on tiny values is not an underflow: its error exceeds a subnormal's rounding.
+    ranged = small & ((t == 0) | (np.abs(d) <= SUBNORMAL_STEP + 2 * noise * np.abs(r)))
     if float(np.linalg.norm(d[ranged])) / norm < 0.5 * err_small:
         return None
     flushed = int(np.count_nonzero(small & (t == 0)))
