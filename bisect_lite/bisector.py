@@ -29,6 +29,8 @@ from bisect_lite.cache import Cache, inputs_hash
 from bisect_lite.compare import CompareConfig
 from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
 from bisect_lite.errors import InputError
+from bisect_lite.fp16_range import predict as predict_range
+from bisect_lite.fp16_range import reader as range_reader
 from bisect_lite.fsutil import OutputDir, claim_output_dir
 from bisect_lite.inputs import prepare_inputs, read_npz, save_npz
 from bisect_lite.journal import Journal
@@ -211,6 +213,8 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
     }
     found: list[tuple[dict[str, Any], dict[str, Any]]] = []
     compute_reference(ctx, report)
+    if ctx.precision is not None:  # a half-precision target: where fp16's range fails the model, from the reference
+        report["fp16_range"] = [f.to_dict() for f in predict_range(model, range_reader(ctx.values))]
     whole, nondet = confirm_failure(ctx, report)
     if whole.status == Status.PASS:
         report["verdict"] = within_precision(ctx, report)

@@ -71,6 +71,18 @@ def ops(
         ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached conversions.")] = False,
+    fp16_range: Annotated[
+        bool,
+        typer.Option(
+            "--fp16-range",
+            help="From one fp32 reference run (paddle) on --inputs, list the tensors fp16 cannot hold: values "
+            "beyond 65504 (or a half-precision accumulator beyond it), significant values below 2^-14 (JSON key "
+            "`fp16_range`).",
+        ),
+    ] = False,
+    inputs: InputsOpt = None,
+    shape: ShapeOpt = [],
+    seed: SeedOpt = None,
     as_json: Json = False,
 ) -> None:
     """List the ops (index, type, inputs -> outputs with shapes), op types, feeds, fetches and params size."""
@@ -78,6 +90,9 @@ def ops(
     from bisect_lite.model.describe import describe, format_tensor
 
     loaded = load_model(model, params)
+    if fp16_range:
+        _fp16_range(loaded, inputs, shape, check_seed(seed), not no_cache, as_json)
+        return
     info = describe(loaded)
     if target:
         info["target"] = _target_view(loaded, target, no_cache)
@@ -101,6 +116,28 @@ def ops(
     out.print("feeds:   " + ", ".join(format_tensor(t) + f" {t['dtype']}" for t in info["feeds"]))
     out.print("fetches: " + ", ".join(format_tensor(t) + f" {t['dtype']}" for t in info["fetches"]))
     out.print(f"params:  {info['params']['count']} tensors, {info['params']['bytes'] / 1e6:.2f} MB")
+
+
+def _fp16_range(model: Any, inputs: Path | None, shape: list[str], seed: int, cache: bool, as_json: bool) -> None:
+    from bisect_lite.fp16_range import model_range, summary_line
+    from bisect_lite.inputs import prepare_inputs
+    from bisect_lite.preflight import check_comparable
+
+    check_comparable(model)
+    findings = model_range(model, prepare_inputs(model, inputs, shapes=shape, seed=seed), cache=cache)
+    if as_json:
+        _print_json({"fp16_range": [f.to_dict() for f in findings], "summary": summary_line(findings)})
+        return
+    if findings:
+        table = Table(title="tensors fp16 cannot hold (fp32 reference: paddle)", show_lines=False)
+        for col in ("tensor", "op", "type", "kind", "max |x|", "share < 2^-14", "where"):
+            table.add_column(col, overflow="fold")
+        for f in findings:
+            op = "input" if f.op is None else str(f.op)
+            share = f"{100 * f.share_below_min_normal:.3g}%"
+            table.add_row(f.tensor, op, f.op_type, f.kind, f"{f.max_abs:.4g}", share, f.location())
+        out.print(table)
+    out.print(summary_line(findings))
 
 
 ForceOpt = Annotated[
@@ -263,7 +300,7 @@ PrecisionFactorOpt = Annotated[
     typer.Option(
         "--precision-factor",
         help="K of the precision model for half-precision targets: a tensor is beyond precision when its error "
-        "exceeds K x the fp16 emulation's error (floored). Default 5 (real GPUs measured at <= 4x the emulation).",
+        "exceeds K x the error of fp16 rounding alone (floored). Default 5 (real GPUs measured at <= 4x it).",
     ),
 ]
 AccumulationOpt = Annotated[
@@ -465,9 +502,35 @@ def compare(
         verdict = report["verdict"]
         detail = f": {report.get('message', '')}" if verdict == "crash" else ""
         out.print(f"{verdict.upper()}: {target_spec} vs {ref_spec}{detail}")
+        _print_every_tensor(report)
         _print_warnings(report)
         out.print(f"inputs: {report['inputs_file']} (repeat with --inputs)")
     raise typer.Exit(0 if report["verdict"] in ("match", "precision") else 1)
+
+
+def _print_every_tensor(report: dict[str, Any]) -> None:
+    """compare of a half-precision target: what the every-tensor check and the reference's fp16 range found."""
+    from bisect_lite.fp16_range import RangeFinding, summary_line
+
+    every = report.get("every_tensor")
+    if every is None:
+        return
+    failing = every["beyond_precision"]
+    skipped = sum(every["not_checked"].values())
+    out.print(
+        f"every tensor: {every['checked']} checked"
+        + (f" ({skipped} not observable on the target)" if skipped else "")
+        + (f", {len(failing)} beyond precision, first made by op {every['first_op']}" if failing else ", all within")
+    )
+    diagnosis = report.get("diagnosis")
+    if diagnosis:
+        where = f"{diagnosis['tensor']} (op {diagnosis['op']} {diagnosis['op_type']})"
+        out.print(f"  diagnosis at {where}: {diagnosis['kind']}: {diagnosis['summary']}")
+    if every.get("crashed"):
+        out.print(f"  a cut of the model crashed on the target: {every['crashed']}")
+    out.print(summary_line([RangeFinding(**f) for f in report.get("fp16_range") or []]))
+    if failing:
+        out.print("localise it and write a repro: bisect-lite run with the same model, --inputs and --target")
 
 
 def _precision_rule(

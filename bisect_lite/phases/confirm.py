@@ -63,17 +63,9 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any], whole: ProbeOutc
     blames the earliest tensor beyond precision: the search starts there."""
     from dataclasses import replace
 
-    from bisect_lite.errors import InputError
-    from bisect_lite.model.fusion import fusion_groups
-    from bisect_lite.precision import deep_check
+    from bisect_lite.precision import deep_check, fused_away
 
-    hidden: list[str] = []
-    try:
-        optimized = ctx.target.optimized_program(ctx.model)
-        if optimized is not None:  # tensors fused away never exist on the target: fetching them undoes fusion
-            hidden = [t for g in fusion_groups(ctx.model, optimized) for t in g.internal]
-    except (RuntimeError, InputError):
-        pass
+    hidden = fused_away(ctx.model, ctx.target)
     ctx.events("phase", {"name": "target", "detail": "judging every tensor under the precision model"})
     assert ctx.precision is not None and ctx.options.compare is not None
     with ctx.phase("confirm"):
