@@ -472,10 +472,10 @@ def compare(
         save_inputs = Path(os.path.abspath(save_inputs))
         check_output_file(save_inputs, protected=_model_paths(model, params), option="--save-inputs")
     ref_spec, target_spec, engines_note = resolve_engines(ref, target)
-    if engines_note and not as_json:
-        err.print(engines_note)
     config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol, target_precision)
     rule = _precision_rule(target_spec, atol, rtol, target_precision, precision_factor, accumulation)
+    if engines_note and not as_json:
+        err.print(engines_note)
     report = compare_engines(
         model,
         ref_spec,
@@ -670,8 +670,6 @@ def run(
         ref, target = _check_resume(model, params, out_dir, ref, target, inputs, shape, seed, int_range)
     seed = check_seed(seed)
     ref_spec, target_spec, engines_note = resolve_engines(ref, target)
-    if engines_note and not as_json:
-        err.print(engines_note)
     if target_precision not in (None, "fp16", "fp32"):
         raise InputError(f"--target-precision {target_precision!r}: expected fp16 or fp32")
     if accumulation not in (None, "fp32", "half"):
@@ -683,6 +681,8 @@ def run(
         raise InputError(f"--search {search!r}: expected auto, multicut or binary")
     if strategy not in ("bisect", "placement"):
         raise InputError(f"--strategy {strategy!r}: expected bisect or placement")
+    if engines_note and not as_json:
+        err.print(engines_note)
     options = RunOptions(
         ref=ref_spec,
         target=target_spec,

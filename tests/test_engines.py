@@ -11,10 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_NAMES, FIXTURES, load_fixture_inputs, run_cli
+from conftest import FIXTURE_NAMES, FIXTURES, load_fixture_inputs, require, run_cli
 
 from bisect_lite.cache import Cache
-from bisect_lite.engines.registry import create_engine, default_tolerance, list_engines, resolve_engines
+from bisect_lite.engines.registry import (
+    create_engine,
+    default_tolerance,
+    list_engines,
+    real_kernels_problem,
+    resolve_engines,
+)
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.engines.spec import EngineSpec, parse_spec
 from bisect_lite.errors import InputError
@@ -85,6 +91,15 @@ def test_without_real_kernels_the_defaults_are_paddle_and_fp16_and_say_why(tmp_p
     assert note and "--ref paddle --target fp16" in note and "bisect-lite setup lite" in note
     assert resolve_engines(None, "onnxruntime")[:2] == ("paddle", "onnxruntime")
     assert resolve_engines("paddle", "fp16") == ("paddle", "fp16", None)  # nothing filled in: nothing to say
+
+
+def test_a_target_that_is_not_paddle_lite_is_held_against_paddle_even_with_real_kernels():
+    require(real_kernels_problem() is None, f"real ARM and OpenCL kernels are missing: {real_kernels_problem()}")
+    assert resolve_engines(None, None)[:2] == ("lite:arm", "lite:opencl")
+    ref, target, note = resolve_engines(None, "fp16")
+    assert (ref, target) == ("paddle", "fp16") and note and "--ref paddle" in note
+    assert resolve_engines(None, "lite:opencl,precision=fp32")[:2] == ("lite:arm", "lite:opencl,precision=fp32")
+    assert resolve_engines("paddle", None)[:2] == ("paddle", "lite:opencl")
 
 
 @pytest.mark.parametrize(

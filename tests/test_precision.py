@@ -102,7 +102,10 @@ def test_engines_state_their_precision():
     assert create_engine("fp16").declared_precision == "fp16"
     assert create_engine("onnxruntime").declared_precision == "fp32"
     assert create_engine("cmd:true").declared_precision == "unknown"
-    assert create_engine("lite:opencl").declared_precision == "fp16"  # precision=auto is fp16 on phones
+    assert create_engine("lite:opencl,adb").declared_precision == "fp16"  # precision=auto is fp16 on phones
+    # Here, precision=auto runs what the OpenCL device can: fp32 on PoCL (no cl_khr_fp16).
+    here = create_engine("lite:opencl")
+    assert here.declared_precision == ("fp16" if here._device().get("opencl_fp16", True) else "fp32")
     assert create_engine("lite:opencl,precision=fp32").declared_precision == "fp32"
     assert create_engine("lite:arm").declared_precision == "fp32"
     assert resolve_rule("unknown").declared_by == "undeclared"

@@ -89,17 +89,22 @@ def resolve_engines(ref: str | None, target: str | None) -> tuple[str, str, str 
         return ref, target, None
     why_not = real_kernels_problem()
     pair = HOST_DEFAULTS if why_not else REAL_KERNELS
-    chosen = (ref or pair[0], target or pair[1])
+    chosen_target = target or pair[1]
+    # Real ARM is the reference of a Paddle-Lite target; any other target (fp16, cmd:, onnxruntime) is held
+    # against Paddle Inference, as before real kernels ran here.
+    chosen_ref = ref or (REAL_KERNELS[0] if not why_not and chosen_target.startswith("lite:") else HOST_DEFAULTS[0])
     filled = " ".join(
         f"{flag} {spec}"
-        for flag, spec, given in zip(("--ref", "--target"), chosen, (ref, target), strict=True)
+        for flag, spec, given in zip(("--ref", "--target"), (chosen_ref, chosen_target), (ref, target), strict=True)
         if not given
     )
     if why_not:
         note = f"defaults {filled}: real ARM and OpenCL kernels are not available here ({why_not})"
-    else:
+    elif {chosen_ref, chosen_target} == set(REAL_KERNELS):
         note = f"defaults {filled}: real ARM kernels under QEMU against real OpenCL kernels on this machine"
-    return chosen[0], chosen[1], note
+    else:
+        note = f"defaults {filled}: Paddle Inference is the reference of a target that is not Paddle-Lite"
+    return chosen_ref, chosen_target, note
 
 
 def real_kernels_problem() -> str | None:
