@@ -8,6 +8,16 @@ emulation's (every op output multiplied by 1 + a*2^-11*z, z ~ N(0,1) per last-di
 rounding once more inside its kernels, and one with about 4x the emulation's error (the worst ratio a real GPU
 showed, notes/precision.md).
 
+Range class: fp16's range, planted at the same depths. After the chosen op's output T the planted model computes
+A = T x 2^k and then A x 2^-k: in fp32 the model is unchanged (powers of two are exact) and A is a true tensor of
+it, beyond 65504 ("overflow": max |A| in [2, 4) x 65504) or below fp16's smallest normal ("underflow": max |A| in
+[2^-16, 2^-15); "deep": in [2^-20, 2^-19); "partial": in [2^-13, 2^-12), so part of its mass stays normal). The
+target is the `fp16` emulation of that model: it overflows there, and stores A's small values as subnormals
+("kept") or, as `fp16:subnormals=flush` (a GPU flushing denormals), as zeros ("flushed"). Right op: the first
+failing tensor in execution order is A; diagnosis: the diagnosis of A names fp16_overflow / fp16_underflow. "old"
+is the pre-issue model, whose expectation was the `fp16` emulation of the same model, i.e. the target itself: only
+NaN/inf where the reference is finite failed; "old at outputs" is what `compare` judged then.
+
 Per case it judges what `bisect-lite run` judges: the outputs, then (when they pass) every tensor, in execution
 order. Detection: some tensor fails. Right op: the first failing tensor in execution order is the planted op's
 output (the search converges there: every earlier tensor is the healthy emulation's). "effect": the faulty
@@ -40,21 +50,33 @@ sys.path.insert(0, str(ROOT))
 from bisect_lite.cache import Cache  # noqa: E402
 from bisect_lite.compare import FP16_TOLERANCE, CompareConfig, Comparison  # noqa: E402
 from bisect_lite.engines.runner import EngineRunner  # noqa: E402
+from bisect_lite.fp16_range import FP16_MAX, FP16_MIN_NORMAL, UNDERFLOW_SHARE, value_range  # noqa: E402
 from bisect_lite.model import Model, load_model, truncate  # noqa: E402
 from bisect_lite.model.proto import framework_pb2  # noqa: E402
 from bisect_lite.precision import (  # noqa: E402
     DEFAULT_FACTOR,
+    EMULATION_SPEC,
     PEAK_RATIO,
     Expectations,
+    ExpectedError,
     PrecisionRule,
     judge_tensor,
 )
 from bisect_lite.reference import ReferenceValues  # noqa: E402
+from bisect_lite.report.diagnose import diagnose  # noqa: E402
 
 FIXTURES = ["mobilenetv3", "resnet", "transformer", "unet", "two_io", "argmax_classifier"]
 REAL = ["det", "rec", "cls"]
 SIZES = (0.05, 0.10, 0.20)
 SIZED_KINDS = ("scale", "channels", "border", "last_row")
+# (label, planting, target): the plain `fp16` emulation keeps subnormals, `fp16:subnormals=flush` zeroes them.
+RANGE_CASES = (
+    ("overflow", "overflow", "fp16"),
+    ("underflow, kept", "underflow", "fp16"),
+    ("deep, kept", "deep", "fp16"),
+    ("underflow, flushed", "underflow", "fp16:subnormals=flush"),
+    ("partial, flushed", "partial", "fp16:subnormals=flush"),
+)
 FP32_DTYPE = 5
 
 
@@ -258,9 +280,12 @@ def old_rule_fails(ref: np.ndarray, target: np.ndarray) -> bool:
 
 
 class Judge:
-    """Reference values, expectations, and the two rules on one model."""
+    """Reference values, expectations, and the two rules on one model. `emu`: the `fp16` target emulation; `expect`:
+    the precision model's expectation engine (fp16 rounding alone)."""
 
-    def __init__(self, name: str, work: Path, ref: EngineRunner, emu: EngineRunner, factor: float) -> None:
+    def __init__(
+        self, name: str, work: Path, ref: EngineRunner, emu: EngineRunner, expect: EngineRunner, factor: float
+    ) -> None:
         self.name = name
         self.work = work / name
         self.model = load_model(model_path(name))
@@ -270,7 +295,7 @@ class Judge:
         t0 = time.perf_counter()
         self.values.compute(self.model, ref, 1 << 29)
         exp = Expectations(work / name / "reference")
-        exp.compute(self.model, self.values, emu)
+        exp.compute(self.model, self.values, expect)
         self.setup_seconds = time.perf_counter() - t0
         self.expected = exp.errors
         self.rule = PrecisionRule(
@@ -289,7 +314,9 @@ class Judge:
             if e is not None and e.rel_l2 is not None:
                 self.out_noise = max(self.out_noise, e.rel_l2)
 
-    def judge_all(self, model: Model, names: list[str], stop: bool = False) -> tuple[Comparison, set[str]]:
+    def judge_all(
+        self, model: Model, names: list[str], stop: bool = False, target: EngineRunner | None = None
+    ) -> tuple[Comparison, set[str]]:
         """`names` (tensors of the original model) of `model` run under fp16, batched as the reference was: the
         precision model's comparison (the run's own judge_tensor) and the set of names the old rule fails.
         `stop`: stop after the first batch with a tensor beyond precision."""
@@ -299,7 +326,8 @@ class Judge:
         new, old_fail = Comparison(), set()
         kept = self.work / "target.npz"
         for batch in files.values():
-            res = self.emu.run(truncate(model, batch), {f: self.inputs[f] for f in model.feeds}, keep=kept, load=False)
+            runner = target or self.emu
+            res = runner.run(truncate(model, batch), {f: self.inputs[f] for f in model.feeds}, keep=kept, load=False)
             if not res.ok:
                 raise RuntimeError(f"{self.name}: fp16 run failed: {res.message[-300:]}")
             with np.load(kept) as outputs:
@@ -342,6 +370,44 @@ class Judge:
             "planted_bound": by_new[tensor].bound_rel_l2,
         }
 
+    def range_case(
+        self, planted: Model, tensor: str, inner: str, scale: float, kind: str, target: EngineRunner
+    ) -> dict[str, Any]:
+        """Judge a model whose tensor `inner` = `tensor` x `scale` leaves fp16's range (see the docstring)."""
+        names = [inner, tensor, *[f for f in self.model.fetches if f != tensor]]
+        kept = self.work / "target.npz"
+        res = target.run(truncate(planted, names), {f: self.inputs[f] for f in planted.feeds}, keep=kept, load=False)
+        if not res.ok:
+            raise RuntimeError(f"{self.name}: fp16 run failed: {res.message[-300:]}")
+        e = self.expected[tensor]
+        scaled = ExpectedError(e.rel_l2, None if e.max_abs is None else e.max_abs * scale, e.ref_absmax * scale)
+        expected = {**self.expected, inner: scaled}  # rounding commutes with a power-of-two scale
+        with np.load(kept) as outputs:
+            got = {n: outputs[n] for n in names}
+        refs = {n: self.values[n] for n in names[1:]}
+        refs[inner] = (refs[tensor].astype(np.float64) * scale).astype(np.float32)
+        judged = {n: judge_tensor(self.rule, n, refs[n], got[n], expected, NEW_CONFIG) for n in names}
+        nonfinite = {n: bool(np.any(np.isfinite(refs[n]) & ~np.isfinite(got[n]))) for n in names}
+        detect = any(not m.passed for m in judged.values())
+        if not detect:  # the run would judge every later tensor
+            later = [t for t in self.order if self.position[t] > self.position[tensor] and t not in names]
+            detect = bool(later) and not self.judge_all(planted, later, stop=True, target=target)[0].passed
+        facts = {"op_type": "scale", "input_max_abs": float(np.abs(refs[tensor]).max())}
+        found = diagnose(refs[inner], got[inner], metrics=judged[inner], fp16_range=facts).kind
+        fetches = [f for f in self.model.fetches if f in judged]
+        return {
+            "new": detect,
+            "new_right": not judged[inner].passed,
+            "new_diagnosis": found,
+            "new_diagnosis_right": found == ("fp16_overflow" if kind == "overflow" else "fp16_underflow"),
+            "predicted": float(np.abs(refs[inner]).max()) > FP16_MAX or value_range(refs[inner])[1] > UNDERFLOW_SHARE,
+            "new_at_outputs": any(not judged[f].passed for f in fetches),
+            "old": any(nonfinite.values()),  # the whole target run, NaN/inf alone; no later tensor goes further
+            "old_right": nonfinite[inner],
+            "old_at_outputs": any(nonfinite[f] for f in fetches),
+            "planted_rel_l2": judged[inner].rel_l2,
+        }
+
     def healthy(self, planted: Model | None) -> dict[str, Any]:
         new, old_fail = self.judge_all(planted, self.order) if planted is not None else self.healthy_run
         ratios = [
@@ -377,20 +443,46 @@ def pick_ops(judge: Judge, count: int) -> list[str]:
     return [cands[round(i * (len(cands) - 1) / (count - 1))] for i in range(count)] if count > 1 else cands[:1]
 
 
+def range_scale(values: np.ndarray, kind: str) -> float:
+    """The power of two that takes `values` beyond fp16's range (see the docstring)."""
+    peak = float(np.abs(values).max())
+    if kind == "overflow":
+        return 2.0 ** math.ceil(math.log2(2 * FP16_MAX / peak))
+    top = {"underflow": FP16_MIN_NORMAL / 2, "deep": FP16_MIN_NORMAL / 32, "partial": FP16_MIN_NORMAL * 4}[kind]
+    return 2.0 ** math.floor(math.log2(top / peak))
+
+
+def range_edit(scale: float) -> list[Edit]:
+    return [
+        ("scale", None, {"scale": float(scale), "bias": 0.0, "bias_after_scale": True}),
+        ("scale", None, {"scale": float(1.0 / scale), "bias": 0.0, "bias_after_scale": True}),
+    ]
+
+
 # ---- the benchmark -------------------------------------------------------------------------------------------
-def run(models: list[str], ops_per_model: Callable[[str], int], factor: float, kinds: Sequence[str]) -> dict:
+def run(
+    models: list[str],
+    ops_per_model: Callable[[str], int],
+    factor: float,
+    kinds: Sequence[str],
+    with_range: bool = True,
+) -> dict:
     cache = Cache(results=False)
     rows: list[dict[str, Any]] = []
     healthy: list[dict[str, Any]] = []
     timing: dict[str, float] = {}
+    ranged: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp,
         EngineRunner("paddle", cache) as ref,
         EngineRunner("fp16", cache) as emu,
+        EngineRunner(EMULATION_SPEC, cache) as expect,
+        EngineRunner("fp16:subnormals=flush", cache) as flushing,
     ):
+        targets = {"fp16": emu, "fp16:subnormals=flush": flushing}
         for name in models:
             t0 = time.perf_counter()
-            judge = Judge(name, Path(tmp), ref, emu, factor)
+            judge = Judge(name, Path(tmp), ref, emu, expect, factor)
             for label, offset in (("fp16", 0.0), ("fp16 + rounding x0.7", 0.75), ("fp16 + rounding x2.7", 3.0)):
                 edits = rerounding_edits(judge.model, judge.values, offset) if offset else None
                 planted = insert_after(judge.model, edits) if edits else None
@@ -414,6 +506,19 @@ def run(models: list[str], ops_per_model: Callable[[str], int], factor: float, k
                                 **res,
                             }
                         )
+                for label, kind, spec in RANGE_CASES if with_range else ():
+                    scale = range_scale(judge.values[tensor], kind)
+                    planted = insert_after(judge.model, {tensor: range_edit(scale)})
+                    res = judge.range_case(planted, tensor, f"{tensor}@raw1", scale, kind, targets[spec])
+                    ranged.append(
+                        {
+                            "model": name,
+                            "op": judge.producer[tensor],
+                            "op_type": judge.model.ops[judge.producer[tensor]].type,
+                            "kind": label,
+                            **res,
+                        }
+                    )
             judge.close()
             timing[name] = time.perf_counter() - t0
             print(
@@ -421,7 +526,7 @@ def run(models: list[str], ops_per_model: Callable[[str], int], factor: float, k
                 file=sys.stderr,
             )
     cache.close()
-    return {"factor": factor, "cases": rows, "healthy": healthy, "seconds": timing}
+    return {"factor": factor, "cases": rows, "healthy": healthy, "range": ranged, "seconds": timing}
 
 
 def pct(num: int, den: int) -> str:
@@ -463,6 +568,32 @@ def summarise(result: dict) -> str:
             f"{h['model'] + ' ' + h['target']:<28} {h['old_false_alarm']!s:>16} {h['new_false_alarm']!s:>6}"
             f"  {h['worst_ratio']:.2f}" + (f"  ({', '.join(h['new_failing'])})" if h["new_failing"] else "")
         )
+    ranged = result.get("range") or []
+    if ranged:
+        lines.append("")
+        lines.append(
+            f"{'fp16 range':<20} {'cases':>5}  {'detected: old':>20} {'new':>20}   {'at outputs: old':>20} "
+            f"{'new':>20}   {'right op: old':>20} {'new':>20}   {'diagnosis named':>20} {'predicted':>20}"
+        )
+        for kind in [*dict.fromkeys(r["kind"] for r in ranged), None]:
+            sel = [r for r in ranged if kind is None or r["kind"] == kind]
+            n = len(sel)
+            cells = [
+                pct(sum(r[k] for r in sel), n)
+                for k in ("old", "new", "old_at_outputs", "new_at_outputs", "old_right", "new_right")
+            ]
+            named, predicted = (pct(sum(r[k] for r in sel), n) for k in ("new_diagnosis_right", "predicted"))
+            lines.append(
+                f"{kind or 'all range faults':<20} {n:>5}  {cells[0]:>20} {cells[1]:>20}   {cells[2]:>20} "
+                f"{cells[3]:>20}   {cells[4]:>20} {cells[5]:>20}   {named:>20} {predicted:>20}"
+            )
+        wrong = [r for r in ranged if not (r["new_right"] and r["new_diagnosis_right"])]
+        for r in wrong[:10]:
+            lines.append(
+                f"  {r['model']} op {r['op']} {r['op_type']} {r['kind']}: right op {r['new_right']}, diagnosis "
+                f"{r['new_diagnosis']}, rel L2 {r['planted_rel_l2']}"
+            )
+        lines.append("")
     old_fa = sum(h["old_false_alarm"] for h in healthy)
     new_fa = sum(h["new_false_alarm"] for h in healthy)
     lines.append(f"false alarms on healthy runs: old {old_fa}/{len(healthy)}, new {new_fa}/{len(healthy)}")
@@ -477,6 +608,9 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(FIXTURES + REAL), help="comma-separated fixtures / det,rec,cls")
     ap.add_argument("--json", type=Path, help="write every case here")
     ap.add_argument("--peak-ratio", type=float, default=PEAK_RATIO, help="the max-abs test's factor / K")
+    ap.add_argument("--no-range", action="store_true", help="leave out the fp16 range class")
+    ap.add_argument("--kinds", help="comma-separated kernel-like fault kinds (default: all, or --quick's)")
+    ap.add_argument("--ops", type=int, help="planted ops per model (default 6 on PP-OCRv5, 8 on fixtures)")
     args = ap.parse_args()
     PEAK_RATIO_OVERRIDE[0] = args.peak_ratio
     models = [m for m in args.models.split(",") if m]
@@ -486,7 +620,11 @@ def main() -> None:
     else:
         kinds = ("scale", "channels", "border", "last_row", "nan", "transpose")
         per = lambda name: 6 if name in REAL else 8  # noqa: E731
-    result = run(models, per, args.factor, kinds)
+    if args.kinds is not None:
+        kinds = tuple(k for k in args.kinds.split(",") if k)
+    if args.ops is not None:
+        per = lambda name: args.ops  # noqa: E731
+    result = run(models, per, args.factor, kinds, with_range=not args.no_range)
     print(summarise(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1, default=str))

@@ -27,6 +27,8 @@ from bisect_lite.cache import Cache, inputs_hash
 from bisect_lite.compare import CompareConfig
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import InputError
+from bisect_lite.fp16_range import predict as predict_range
+from bisect_lite.fp16_range import reader as range_reader
 from bisect_lite.fsutil import OutputDir, claim_output_dir
 from bisect_lite.inputs import prepare_inputs, read_npz, save_npz
 from bisect_lite.journal import Journal
@@ -122,6 +124,8 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
     try:
         ctx = RunContext(model, options, ref, target, inputs, journal, values, emit)
         ctx.precision, ctx.emulation = rule, emulation
+        if options.engines_note:
+            ctx.notes.append(options.engines_note)
         report, found = _run(ctx)
         report["seconds"] = round(time.perf_counter() - t_start, 3)
         # The precision model's fp16 emulation is an engine too: its runs are not bisect-lite's overhead.
@@ -134,6 +138,12 @@ def run_bisect(model_path: Path, options: RunOptions, events: Events | None = No
         report["peak_rss_mb"] = peak_rss_mb(ref, target, emulation)
         report["reference_runs"] = ref.runs
         report["target_cache_hits"] = target.cache_hits
+        # Runs add facts (the library's release, the OpenCL device, what the kernel caches saved): take them now.
+        report["reference"]["facts"], report["target"]["facts"] = ref.facts(), target.facts()
+        culprit_ops = sorted({i for c in report["culprits"] for i in c.get("ops") or [c["index"]]})
+        kernels = target.kernels(model, culprit_ops)
+        if kernels:
+            report["target"]["kernels"] = kernels
         write_outputs(ctx, report, found)
         return report
     finally:
@@ -169,6 +179,8 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
     }
     found: list[tuple[dict[str, Any], dict[str, Any]]] = []
     compute_reference(ctx, report)
+    if ctx.precision is not None:  # a half-precision target: where fp16's range fails the model, from the reference
+        report["fp16_range"] = [f.to_dict() for f in predict_range(model, range_reader(ctx.values))]
     whole, nondet = confirm_failure(ctx, report)
     if whole.status == Status.PASS:
         report["verdict"] = within_precision(ctx, report)

@@ -71,6 +71,18 @@ def ops(
         ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not reuse cached conversions.")] = False,
+    fp16_range: Annotated[
+        bool,
+        typer.Option(
+            "--fp16-range",
+            help="From one fp32 reference run (paddle) on --inputs, list the tensors fp16 cannot hold: values "
+            "beyond 65504 (or a half-precision accumulator beyond it), significant values below 2^-14 (JSON key "
+            "`fp16_range`).",
+        ),
+    ] = False,
+    inputs: InputsOpt = None,
+    shape: ShapeOpt = [],
+    seed: SeedOpt = None,
     as_json: Json = False,
 ) -> None:
     """List the ops (index, type, inputs -> outputs with shapes), op types, feeds, fetches and params size."""
@@ -78,6 +90,9 @@ def ops(
     from bisect_lite.model.describe import describe, format_tensor
 
     loaded = load_model(model, params)
+    if fp16_range:
+        _fp16_range(loaded, inputs, shape, check_seed(seed), not no_cache, as_json)
+        return
     info = describe(loaded)
     if target:
         info["target"] = _target_view(loaded, target, no_cache)
@@ -101,6 +116,28 @@ def ops(
     out.print("feeds:   " + ", ".join(format_tensor(t) + f" {t['dtype']}" for t in info["feeds"]))
     out.print("fetches: " + ", ".join(format_tensor(t) + f" {t['dtype']}" for t in info["fetches"]))
     out.print(f"params:  {info['params']['count']} tensors, {info['params']['bytes'] / 1e6:.2f} MB")
+
+
+def _fp16_range(model: Any, inputs: Path | None, shape: list[str], seed: int, cache: bool, as_json: bool) -> None:
+    from bisect_lite.fp16_range import model_range, summary_line
+    from bisect_lite.inputs import prepare_inputs
+    from bisect_lite.preflight import check_comparable
+
+    check_comparable(model)
+    findings = model_range(model, prepare_inputs(model, inputs, shapes=shape, seed=seed), cache=cache)
+    if as_json:
+        _print_json({"fp16_range": [f.to_dict() for f in findings], "summary": summary_line(findings)})
+        return
+    if findings:
+        table = Table(title="tensors fp16 cannot hold (fp32 reference: paddle)", show_lines=False)
+        for col in ("tensor", "op", "type", "kind", "max |x|", "share < 2^-14", "where"):
+            table.add_column(col, overflow="fold")
+        for f in findings:
+            op = "input" if f.op is None else str(f.op)
+            share = f"{100 * f.share_below_min_normal:.3g}%"
+            table.add_row(f.tensor, op, f.op_type, f.kind, f"{f.max_abs:.4g}", share, f.location())
+        out.print(table)
+    out.print(summary_line(findings))
 
 
 ForceOpt = Annotated[
@@ -263,7 +300,7 @@ PrecisionFactorOpt = Annotated[
     typer.Option(
         "--precision-factor",
         help="K of the precision model for half-precision targets: a tensor is beyond precision when its error "
-        "exceeds K x the fp16 emulation's error (floored). Default 5 (real GPUs measured at <= 4x the emulation).",
+        "exceeds K x the error of fp16 rounding alone (floored). Default 5 (real GPUs measured at <= 4x it).",
     ),
 ]
 AccumulationOpt = Annotated[
@@ -349,24 +386,50 @@ def setup(
     python: Annotated[
         Path | None, typer.Option("--python", help="A CPython 3.10 or 3.8 to build from (default: searched).")
     ] = None,
+    libs: Annotated[
+        Path | None,
+        typer.Option(
+            "--libs",
+            help="Paddle-Lite light-API libraries for lite:arm (QEMU) and lite:opencl, laid out like "
+            "shared/paddle-lite: armv8/{lib,include}, x86-opencl/{lib,include} (default: "
+            "$BISECT_LITE_PADDLE_LITE_LIBS, the last setup's, shared/paddle-lite beside the checkout).",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a working environment exists.")] = False,
     as_json: Json = False,
 ) -> None:
-    """Build a private environment holding real Paddle-Lite (paddlelite 2.13rc0, numpy<2) and verify it."""
+    """Build a private environment holding real Paddle-Lite (paddlelite 2.13rc0, numpy<2) and verify it; build and
+    verify the native runner for each Paddle-Lite library found (lite:arm under QEMU, lite:opencl). Exit 3 when a
+    library is found but cannot be made to work (one line naming what to install)."""
     from bisect_lite.lite_env import describe_lite_env, setup_lite_env
+    from bisect_lite.lite_native import setup_native
 
     if what != "lite":
         raise InputError(f"setup {what!r}: the only thing to set up is `lite` (real Paddle-Lite)")
     _check_setup_target()
-    env, reused = setup_lite_env(python, force=force, say=(lambda _: None) if as_json else err.print)
+    say = (lambda _: None) if as_json else err.print
+    env, reused = setup_lite_env(python, force=force, say=say)
+    native = setup_native(env, libs=libs, force=force, say=say)
+    env = native.env
     if as_json:
-        _print_json({**describe_lite_env(env), "reused": reused})
-        return
-    state = "already set up" if reused else "set up"
-    out.print(
-        f"Paddle-Lite {env.version} {state} in {env.root} (manifest {env.manifest}): converts for "
-        f"{', '.join(env.converts)}; runs here: {', '.join(env.runs) or 'nothing'}"
-    )
+        libraries = {"path": str(native.libraries) if native.libraries else None, "source": native.source}
+        _print_json({**describe_lite_env(env), "reused": reused, "libraries": libraries, "problems": native.problems})
+    else:
+        state = "already set up" if reused else "set up"
+        out.print(
+            f"Paddle-Lite {env.version} {state} in {env.root} (manifest {env.manifest}): converts for "
+            f"{', '.join(env.converts)}; runs here: {', '.join(env.runs) or 'nothing'}"
+        )
+        for place, t in env.native.items():
+            where = " ".join(t.launcher) + " " if t.launcher else ""
+            device = ", ".join(f"{k} {v}" for k, v in t.device.items())
+            out.print(
+                f"lite:{place}: {where}{t.runner} on {t.lib} (sha256 {t.lib_sha256[:12]}, "
+                f"version {t.version or 'not reported by the library'}, .nb from opt --valid_targets="
+                f"{t.valid_targets}); {device}"
+            )
+    if native.problems:
+        raise EngineUnavailable("; ".join(native.problems.values()))
 
 
 @app.command()
@@ -408,9 +471,11 @@ def compare(
 
         save_inputs = Path(os.path.abspath(save_inputs))
         check_output_file(save_inputs, protected=_model_paths(model, params), option="--save-inputs")
-    ref_spec, target_spec = resolve_engines(ref, target)
+    ref_spec, target_spec, engines_note = resolve_engines(ref, target)
     config = _compare_config(target_spec, atol, rtol, tol, allow_inf, check_error_stat, absolute_atol, target_precision)
     rule = _precision_rule(target_spec, atol, rtol, target_precision, precision_factor, accumulation)
+    if engines_note and not as_json:
+        err.print(engines_note)
     report = compare_engines(
         model,
         ref_spec,
@@ -427,6 +492,8 @@ def compare(
         verbose=verbose,
         rule=rule,
     )
+    if engines_note:
+        report["engines_note"] = engines_note
     if as_json:
         _print_json(report)
     else:
@@ -435,9 +502,35 @@ def compare(
         verdict = report["verdict"]
         detail = f": {report.get('message', '')}" if verdict == "crash" else ""
         out.print(f"{verdict.upper()}: {target_spec} vs {ref_spec}{detail}")
+        _print_every_tensor(report)
         _print_warnings(report)
         out.print(f"inputs: {report['inputs_file']} (repeat with --inputs)")
     raise typer.Exit(0 if report["verdict"] in ("match", "precision") else 1)
+
+
+def _print_every_tensor(report: dict[str, Any]) -> None:
+    """compare of a half-precision target: what the every-tensor check and the reference's fp16 range found."""
+    from bisect_lite.fp16_range import RangeFinding, summary_line
+
+    every = report.get("every_tensor")
+    if every is None:
+        return
+    failing = every["beyond_precision"]
+    skipped = sum(every["not_checked"].values())
+    out.print(
+        f"every tensor: {every['checked']} checked"
+        + (f" ({skipped} not observable on the target)" if skipped else "")
+        + (f", {len(failing)} beyond precision, first made by op {every['first_op']}" if failing else ", all within")
+    )
+    diagnosis = report.get("diagnosis")
+    if diagnosis:
+        where = f"{diagnosis['tensor']} (op {diagnosis['op']} {diagnosis['op_type']})"
+        out.print(f"  diagnosis at {where}: {diagnosis['kind']}: {diagnosis['summary']}")
+    if every.get("crashed"):
+        out.print(f"  a cut of the model crashed on the target: {every['crashed']}")
+    out.print(summary_line([RangeFinding(**f) for f in report.get("fp16_range") or []]))
+    if failing:
+        out.print("localise it and write a repro: bisect-lite run with the same model, --inputs and --target")
 
 
 def _precision_rule(
@@ -576,7 +669,7 @@ def run(
     if resume:
         ref, target = _check_resume(model, params, out_dir, ref, target, inputs, shape, seed, int_range)
     seed = check_seed(seed)
-    ref_spec, target_spec = resolve_engines(ref, target)
+    ref_spec, target_spec, engines_note = resolve_engines(ref, target)
     if target_precision not in (None, "fp16", "fp32"):
         raise InputError(f"--target-precision {target_precision!r}: expected fp16 or fp32")
     if accumulation not in (None, "fp32", "half"):
@@ -588,6 +681,8 @@ def run(
         raise InputError(f"--search {search!r}: expected auto, multicut or binary")
     if strategy not in ("bisect", "placement"):
         raise InputError(f"--strategy {strategy!r}: expected bisect or placement")
+    if engines_note and not as_json:
+        err.print(engines_note)
     options = RunOptions(
         ref=ref_spec,
         target=target_spec,
@@ -613,6 +708,7 @@ def run(
         target_precision=target_precision,
         precision_factor=precision_factor,
         accumulation=accumulation,
+        engines_note=engines_note,
     )
     from bisect_lite.progress import RunProgress
 

@@ -1,18 +1,28 @@
-"""`bisect-lite compare`: run two engines on the whole model and compare every output."""
+"""`bisect-lite compare`: run two engines on the whole model and compare every output.
+
+A half-precision target gets the judgement `run` gives it (one verdict for the same model, inputs and target):
+the outputs and then every tensor of the reference dump are judged by the precision model, whose expectation is
+fp16 rounding alone, and fp16 range failures always fail. So a saturating softmax or a normalisation that hides a
+fault or an overflow at the outputs does not turn a `run` mismatch into a `compare` pass. It costs the reference
+dump (two reference runs per batch), one `fp16:range=none` run and one target run per batch.
+"""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bisect_lite.cache import Cache, default_root, inputs_hash
-from bisect_lite.compare import CompareConfig, compare_outputs
+from bisect_lite.compare import CompareConfig, Comparison, compare_outputs
 from bisect_lite.engines.runner import DEFAULT_TIMEOUT, EngineRunner
 from bisect_lite.errors import EngineUnavailable
 from bisect_lite.inputs import prepare_inputs, save_npz
-from bisect_lite.model import Model, load_model
-from bisect_lite.precision import EMULATION_SPEC, ExpectedError, PrecisionRule, error_stats
+from bisect_lite.model import Model, load_model, truncate
+from bisect_lite.precision import EMULATION_SPEC, PrecisionRule
 from bisect_lite.preflight import (
     check_comparable,
     check_spec_fits_model,
@@ -41,9 +51,11 @@ def compare_engines(
 ) -> dict[str, Any]:
     """Returns {"verdict": match|precision|mismatch|crash, "comparison", "reference", "target", ...}.
 
-    With a precision `rule` (a half-precision target, no explicit --atol/--rtol) each output is judged as `run`
-    judges it: against the error the fp16 emulation makes on it, times K; "precision" means every difference is
-    within that model (exit 0), as in `run`.
+    With a precision `rule` (a half-precision target, no explicit --atol/--rtol) the model is judged as `run`
+    judges it (`_judge_every_tensor`): "precision" means every difference of every tensor is within that model
+    (exit 0); any tensor beyond it, or any fp16 range failure of the target, is a mismatch. The report then also
+    holds `every_tensor`, `fp16_range` (the reference's range findings) and the first failing tensor's
+    `diagnosis`.
     """
     model = load_model(model_path, params)
     check_comparable(model)
@@ -89,13 +101,14 @@ def compare_engines(
         verdict = "match" if cmp.passed else "mismatch"
         if rule is not None:
             report["precision"] = rule.to_dict()
-            judged = rule.judge_comparison(
-                cmp, _emulation_errors(model, feeds, ref_result.outputs, store, timeout), keep=config.overrides
+            judged, deep = _judge_every_tensor(
+                model, feeds, cmp, (ref_result.outputs, target_result.outputs), runners, rule, config, timeout
             )
-            if judged.passed and not cmp.passed:
-                verdict = "precision"
-            elif not judged.passed:
+            report.update(deep)
+            if not judged.passed or deep["every_tensor"]["beyond_precision"]:
                 verdict = "mismatch"
+            elif any((m.max_abs or 0.0) > 0 for m in judged.tensors) or not cmp.passed:
+                verdict = "precision"
             cmp = judged
         report.update(verdict=verdict, comparison=cmp.to_dict())
         return report
@@ -105,21 +118,76 @@ def compare_engines(
         store.close()
 
 
-def _emulation_errors(
-    model: Model, feeds: dict[str, Any], expected: dict[str, Any], store: Cache, timeout: float
-) -> dict[str, ExpectedError]:
-    """The fp16 emulation's error on each output: what half precision alone makes of this model on these inputs."""
-    with EngineRunner(EMULATION_SPEC, store, timeout=timeout) as emulation:
-        result = emulation.run(model, feeds)
-    if not result.ok:
-        raise EngineUnavailable(
-            f"the {EMULATION_SPEC} emulation (the precision model) failed on this model: {one_line(result.message)}; "
-            "pass --atol/--rtol to judge by tolerances instead"
-        )
-    errors = {}
-    for name in model.fetches:
-        if name in expected and name in result.outputs:
-            e = error_stats(expected[name], result.outputs[name])
-            if e is not None:
-                errors[name] = e
-    return errors
+def _judge_every_tensor(
+    model: Model,
+    feeds: dict[str, np.ndarray],
+    outputs: Comparison,
+    arrays: tuple[dict[str, np.ndarray], dict[str, np.ndarray]],
+    runners: list[EngineRunner],
+    rule: PrecisionRule,
+    config: CompareConfig,
+    timeout: float,
+    budget: int = 1 << 30,
+) -> tuple[Comparison, dict[str, Any]]:
+    """The outputs judged by `rule`, and every tensor as `run` judges it (precision.deep_check), from a reference
+    dump in a temporary directory: (the judged outputs, the report's `every_tensor`, `fp16_range` and, when a
+    tensor fails, `diagnosis`)."""
+    from bisect_lite.fp16_range import op_range, predict, reader
+    from bisect_lite.precision import Expectations, deep_check, fused_away
+    from bisect_lite.reference import ReferenceValues
+    from bisect_lite.report.diagnose import diagnose
+
+    ref, target = runners
+    with tempfile.TemporaryDirectory(prefix="bisect-lite-compare-") as tmp:
+        values = ReferenceValues(Path(tmp) / "reference", feeds)
+        values.compute(model, ref, budget)
+        expectations = Expectations(values.directory)
+        # The emulation's results are read once for their error scalars: no result cache (as in `run`).
+        emulation_cache = Cache(results=False)
+        try:
+            with EngineRunner(EMULATION_SPEC, emulation_cache, timeout=timeout) as emulation:
+                expectations.compute(model, values, emulation)
+        finally:
+            emulation_cache.close()
+        judged = rule.judge_comparison(outputs, expectations.errors, keep=config.overrides, values=arrays)
+        hidden = fused_away(model, target)
+        batches = values.batches(skip=hidden)
+        observed = target.observe(model, batches, values, "every")
+        try:
+            deep = deep_check(model, values, observed.stream(), rule, expectations.errors, config)
+        finally:
+            observed.remove()
+        # the whole model ran; a crash of a cut is not a numeric finding
+        deep.runs, deep.crashed = len(batches), observed.crashed[:300]
+        findings = predict(model, reader(values))
+        producers = model.producers
+        failing = [m for m in (deep.comparison.tensors if deep.comparison else []) if not m.passed]
+        failing += [m for m in judged.tensors if not m.passed and m.name not in {f.name for f in failing}]
+        first = min(failing, key=lambda m: producers.get(m.name, len(model.ops)), default=None)
+        report: dict[str, Any] = {
+            "every_tensor": {
+                "checked": deep.checked,
+                "runs": deep.runs,
+                "beyond_precision": [m.name for m in failing],
+                "first_op": None if first is None else producers.get(first.name),
+                "not_checked": {"fused_away_by_target": len(hidden), "unobservable": len(values.unobservable)},
+                "crashed": deep.crashed or None,
+                "noise_scale": deep.noise_scale,
+            },
+            "fp16_range": [f.to_dict() for f in findings],
+        }
+        if first is not None:
+            index = producers.get(first.name)
+            result = target.run(truncate(model, [first.name]), feeds)
+            if index is not None and result.ok:
+                op = model.ops[index]
+                found = diagnose(
+                    values[first.name],
+                    result.outputs[first.name],
+                    metrics=first,
+                    op={"type": op.type, "inputs": op.inputs, "outputs": op.outputs, "attrs": model.op_attrs(index)},
+                    fp16_range=op_range(model, index, reader(values)),
+                )
+                report["diagnosis"] = {"tensor": first.name, "op": index, "op_type": op.type, **found.to_dict()}
+        values.close()
+    return judged, report

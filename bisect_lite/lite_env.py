@@ -10,6 +10,9 @@ garbage), and measures what it can do before anyone trusts it:
   when the runtime is built for this machine's kernels (the x86 wheel loads ARM/OpenCL `.nb` files and returns
   1e31-scale garbage without an error, so a correct-looking answer alone is not enough);
 - an input tensor reads back equal to what was fed.
+`setup lite` also provisions the native targets (bisect_lite/lite_native.py): the project's runner built against
+Paddle-Lite's light-API libraries, running real ARM kernels under QEMU and real OpenCL kernels; they are recorded
+under "native" and added to `runs` once a probe model matches numpy on them.
 The result is a manifest, `lite-env.json`, next to the venv. The venv lives in its own directory named by a
 random tag and the manifest is written last and atomically: a half-built environment is never used, and
 `--force` replaces a working one only once its successor works.
@@ -50,6 +53,29 @@ WORKER_SCRIPT = Path(__file__).with_name("engines") / "lite_worker.py"
 
 
 @dataclass(frozen=True)
+class NativeTarget:
+    """A native target (lite:arm, lite:opencl): the runner built against a Paddle-Lite light-API library, verified
+    on a probe model. The manifest's "native" entries; their names are the interface with the engines."""
+
+    runner: Path  # bisect_lite_runner built for this library (RUNPATH: the library's folder)
+    lib: Path  # the libpaddle_light_api_shared.so it loads unless LD_LIBRARY_PATH names another folder
+    lib_sha256: str
+    version: str  # GetVersion() of the library ("" when the library answers nothing, as x86-opencl does)
+    valid_targets: str  # opt's --valid_targets for .nb files this library runs: arm, x86_opencl
+    launcher: list[str]  # what runs the runner: [] (natively) or [qemu-aarch64, -L, SYSROOT]
+    machine: str  # the runner's machine: aarch64, x86_64
+    device: dict  # arm: emulator, cpu; opencl: opencl_platform, opencl_device, opencl_fp16
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> NativeTarget:
+        kwargs = {k: data[k] for k in cls.__dataclass_fields__}
+        return cls(**{**kwargs, "runner": Path(data["runner"]), "lib": Path(data["lib"])})
+
+
+@dataclass(frozen=True)
 class LiteEnv:
     """A verified Paddle-Lite environment (what `lite-env.json` records)."""
 
@@ -64,17 +90,20 @@ class LiteEnv:
     numpy: str = ""
     base_python: str = ""  # the interpreter the venv was made from
     machine: str = ""
+    native: dict[str, NativeTarget] = field(default_factory=dict)  # lite:arm / lite:opencl on real kernels
     manifest: Path | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
         data.pop("manifest")
+        data["native"] = {place: target.to_json() for place, target in self.native.items()}
         return {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}
 
     @classmethod
     def from_json(cls, data: dict, manifest: Path) -> LiteEnv:
         paths = ("root", "python", "opt", "lite_so", "site_packages")
         kwargs = {k: Path(data[k]) if k in paths else data[k] for k in cls.__dataclass_fields__ if k in data}
+        kwargs["native"] = {place: NativeTarget.from_json(t) for place, t in data.get("native", {}).items()}
         return cls(**kwargs, manifest=manifest)
 
 
@@ -229,6 +258,25 @@ def write_probe_model(directory: Path) -> None:
     write_model_files(Model(program, {"b": PROBE_BIAS}), directory)
 
 
+def quiet_env() -> dict[str, str]:
+    """The environment for Paddle-Lite programs whose log is not wanted."""
+    return {**os.environ, "GLOG_minloglevel": "2"}
+
+
+def convert_probe(python: Path, opt: Path, work: Path, valid_targets: str, name: str) -> Path | None:
+    """Convert the probe model in `work/probe` (write_probe_model) with opt into `work/NAME.nb`; None if opt fails."""
+    argv = [
+        str(python),
+        str(opt),
+        f"--model_file={work / 'probe' / 'model.pdmodel'}",
+        f"--param_file={work / 'probe' / 'model.pdiparams'}",
+        f"--valid_targets={valid_targets}",
+        f"--optimize_out={work / name}",
+    ]
+    nb = work / f"{name}.nb"
+    return nb if _run(argv, 300, quiet_env()).returncode == 0 and nb.exists() else None
+
+
 # ---- setup and verification --------------------------------------------------------------------------------
 def _run(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     try:
@@ -244,7 +292,7 @@ def _last_line(text: str) -> str:
 
 def verify_lite_env(python: Path, opt: Path) -> dict:
     """Measure what the environment does (see the module docstring); EngineUnavailable when it cannot be trusted."""
-    quiet = {**os.environ, "GLOG_minloglevel": "2"}
+    quiet = quiet_env()
     proc = _run([str(python), str(opt), "--version"], 120, quiet)
     version = _last_line(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not version.startswith("v"):
@@ -253,18 +301,7 @@ def verify_lite_env(python: Path, opt: Path) -> dict:
         work = Path(tmp)
         write_probe_model(work / "probe")
         np.savez(work / "inputs.npz", x=PROBE_INPUT)
-        converts: list[str] = []
-        for target, valid in TARGETS.items():
-            argv = [
-                str(python),
-                str(opt),
-                f"--model_file={work / 'probe' / 'model.pdmodel'}",
-                f"--param_file={work / 'probe' / 'model.pdiparams'}",
-                f"--valid_targets={valid}",
-                f"--optimize_out={work / target}",
-            ]
-            if _run(argv, 300, quiet).returncode == 0 and (work / f"{target}.nb").exists():
-                converts.append(target)
+        converts = [target for target, valid in TARGETS.items() if convert_probe(python, opt, work, valid, target)]
         if "x86" not in converts and "arm" not in converts:
             raise EngineUnavailable(f"Paddle-Lite's opt in {python.parent.parent} converts no probe model")
         # The worker's self-check: runtime facts, input read-back and each .nb's output against numpy.

@@ -40,3 +40,4 @@ class RunOptions:
     target_precision: str | None = None  # --target-precision fp16|fp32 (None: what the engine states)
     precision_factor: float | None = None  # --precision-factor K (None: precision.DEFAULT_FACTOR)
     accumulation: str | None = None  # --accumulation fp32|half (None: fp32)
+    engines_note: str | None = None  # which default engines `run` chose and why (registry.resolve_engines)

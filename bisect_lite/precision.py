@@ -2,19 +2,24 @@
 
 A fixed tolerance fails both ways: fp16 rounding accumulates with depth (a healthy fp16 run of PP-OCRv5 det is
 off by rel L2 1e-2 at its output), while a kernel that is 5 % off can move a model's output by only a few times
-that. So for a half-precision target every tensor gets its own expected error: the error that the host's `fp16`
-emulation (bisect_lite/engines/fp16.py: fp32 arithmetic, every activation and weight stored in half) makes
-against the fp32 reference on the same inputs. It is computed alongside the reference dump, batch by batch, and
-only per-tensor scalars are kept (`ExpectedError`).
+that. So for a half-precision target every tensor gets its own expected error: the error that rounding to fp16
+alone makes against the fp32 reference on the same inputs. It is measured with the host's `fp16:range=none`
+emulation (bisect_lite/engines/fp16.py: fp32 arithmetic, every activation and weight rounded to fp16's 11-bit
+significand, nearest even, but with fp32's exponent range): the expectation models rounding and nothing else.
+fp16's range -- values beyond 65504 that become inf or are pinned at ±65504, values below 2^-14 that turn into
+subnormals or zeros -- is never part of it: those are findings (bisect_lite/fp16_range.py), whatever this model
+says. The expectation is computed alongside the reference dump, batch by batch, and only per-tensor scalars are
+kept (`ExpectedError`).
 
 Verdict per float tensor (`PrecisionRule.judge`): beyond precision when
 
     rel_l2(target)  > K * max(expected rel_l2,  L2_FLOOR)                  or
     max_abs(target) > K * max(expected max_abs, PEAK_FLOOR * absmax(ref))
 
-and within precision otherwise. NaN/inf where the reference is finite, shape and dtype differences always fail.
-The L2 test catches faults spread over a tensor, the peak test faults on a few elements (a border, a row, a
-channel) whose L2 share is small.
+and within precision otherwise. NaN/inf where the reference is finite, values pinned at ±65504 where the reference
+exceeds it, values flushed to zero where the reference's values below 2^-14 matter (`with_range_check`), shape and
+dtype differences always fail. The L2 test catches faults spread over a tensor, the peak test faults on a few
+elements (a border, a row, a channel) whose L2 share is small.
 
 What K assumes (measured on an NVIDIA H200, layer by layer on the PP-OCRv5 models, ../shared/notes/precision.md):
 - `accumulation=fp32` (the default; tensor cores, block-accumulating kernels): real fp16 error / storage-only
@@ -51,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from bisect_lite.compare import CompareConfig, Comparison, TensorMetrics, compare_tensor, dot
+from bisect_lite.fp16_range import target_range_failure
 from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import Model, truncate
 
@@ -63,19 +69,20 @@ HALF_ACCUMULATION = 80.0 / DEFAULT_FACTOR  # factor on K for accumulated tensors
 ISOLATED_HALF_CAP = 31.7 / DEFAULT_FACTOR  # K * this = the largest isolated half-accumulation error measured
 ACCUMULATIONS = ("fp32", "half")
 PRECISIONS = ("fp16", "fp32", "unknown")
-EMULATION_SPEC = "fp16"  # the engine whose error is the expectation (storage rounding, fp32 arithmetic)
+# The engine whose error is the expectation: fp16 rounding alone (11-bit significand, fp32's range and arithmetic).
+EMULATION_SPEC = "fp16:range=none"
 
 
 @dataclass
 class ExpectedError:
     """The emulation's error on one tensor, against the reference (scalars only)."""
 
-    rel_l2: float | None  # None: not computable (the emulation overflowed to inf/NaN there)
+    rel_l2: float | None  # None: not computable (NaN/inf in the emulation where the reference is finite)
     max_abs: float | None
     ref_absmax: float
     k_red: int = 1  # reduction length of the producing op (isolation under half accumulation)
     isolated: bool = False  # measured on an op (or a few) fed reference values, not accumulated from the inputs
-    emulation_nonfinite: int = 0  # NaN/inf elements of the emulation where the reference is finite (fp16 overflow)
+    emulation_nonfinite: int = 0  # NaN/inf elements of the emulation where the reference is finite
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,8 +202,8 @@ class PrecisionRule:
             raise ValueError(f"--accumulation must be one of {', '.join(ACCUMULATIONS)}, got {self.accumulation!r}")
 
     def bounds(self, e: ExpectedError) -> tuple[float, float] | None:
-        """(rel L2 bound, max abs bound) for a tensor with expectation `e`; None when the emulation itself
-        overflowed there (the element rule judges it: an overflow is a finding, not noise)."""
+        """(rel L2 bound, max abs bound) for a tensor with expectation `e`; None when the emulation made NaN/inf
+        there (only a reference beyond fp32's reach does: the element rule judges it)."""
         if e.rel_l2 is None or e.max_abs is None or not math.isfinite(e.rel_l2):
             return None
         k = self.factor
@@ -213,8 +220,9 @@ class PrecisionRule:
 
     def describe(self) -> str:
         what = (
-            f"beyond precision when a tensor's rel L2 error exceeds {self.factor:g} x max(fp16-emulation error, "
-            f"2^-12) or its max abs error exceeds {self.factor:g} x max(emulation max abs, 2^-11 x max|ref|)"
+            f"beyond precision when a tensor's rel L2 error exceeds {self.factor:g} x max(fp16-rounding error, "
+            f"2^-12) or its max abs error exceeds {self.factor:g} x max(rounding max abs, 2^-11 x max|ref|); "
+            "fp16 range failures (NaN/inf, values pinned at ±65504, significant values flushed to zero) always fail"
         )
         if self.accumulation == "half":
             what += (
@@ -233,11 +241,21 @@ class PrecisionRule:
         return within_bounds(metrics, b[0], b[1], e.rel_l2, e.max_abs)
 
     def judge_comparison(
-        self, cmp: Comparison, expected: Mapping[str, ExpectedError], keep: Iterable[str] = ()
+        self,
+        cmp: Comparison,
+        expected: Mapping[str, ExpectedError],
+        keep: Iterable[str] = (),
+        values: tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]] | None = None,
     ) -> Comparison:
-        """Every tensor with an expectation re-judged (except the names in `keep`: explicit --tol overrides)."""
+        """Every tensor with an expectation re-judged (except the names in `keep`: explicit --tol overrides).
+        `values`: (reference, target) arrays by name: their fp16 range failures fail too (`with_range_check`)."""
         kept = set(keep)
-        tensors = [m if m.name in kept else self.judge(m, expected.get(m.name)) for m in cmp.tensors]
+        tensors = []
+        for m in cmp.tensors:
+            judged = m if m.name in kept else self.judge(m, expected.get(m.name))
+            if values is not None and m.name in values[0] and m.name in values[1]:
+                judged = with_range_check(judged, values[0][m.name], values[1][m.name])
+            tensors.append(judged)
         return Comparison(tensors, list(cmp.missing))
 
     def to_dict(self) -> dict[str, Any]:
@@ -248,7 +266,7 @@ class PrecisionRule:
             "declared_by": self.declared_by,
             "l2_floor": L2_FLOOR,
             "peak_floor": PEAK_FLOOR,
-            "expected_from": f"`{EMULATION_SPEC}` emulation (fp16 storage, fp32 arithmetic) vs the reference",
+            "expected_from": f"`{EMULATION_SPEC}` (fp16 rounding alone: no overflow, no underflow) vs the reference",
             "rule": self.describe(),
         }
 
@@ -271,14 +289,27 @@ def within_bounds(
         return judged
     over = []
     if metrics.rel_l2 > bound_l2:
-        noise = f" (fp16 emulation {expected_l2:.3g})" if expected_l2 is not None else ""
+        noise = f" (fp16 rounding {expected_l2:.3g})" if expected_l2 is not None else ""
         over.append(f"rel L2 {metrics.rel_l2:.3g} > {bound_l2:.3g}{noise}")
     if metrics.max_abs > bound_peak:
-        noise = f" (fp16 emulation {expected_peak:.3g})" if expected_peak is not None else ""
+        noise = f" (fp16 rounding {expected_peak:.3g})" if expected_peak is not None else ""
         over.append(f"max abs {metrics.max_abs:.3g} > {bound_peak:.3g}{noise}")
     judged.passed = not over
     judged.reason = ("beyond precision: " + "; ".join(over)) if over else ""
     return judged
+
+
+def with_range_check(metrics: TensorMetrics, ref: np.ndarray, target: np.ndarray) -> TensorMetrics:
+    """`metrics`, failed when the target's values show an fp16 range failure (fp16_range.target_range_failure):
+    the precision model never excuses one."""
+    found = target_range_failure(ref, target)
+    return metrics if found is None else failed_for(metrics, found[1])
+
+
+def failed_for(metrics: TensorMetrics, reason: str) -> TensorMetrics:
+    """A failing copy of `metrics` with `reason` first (its own reasons kept when it failed already)."""
+    reasons = [reason, *([metrics.reason] if metrics.reason and not metrics.passed else [])]
+    return replace(metrics, passed=False, reason="; ".join(reasons))
 
 
 def judge_with_recorded_bounds(cmp: Comparison, recorded: Iterable[Mapping[str, Any]]) -> Comparison:
@@ -336,8 +367,9 @@ class Expectations:
         self.seconds = 0.0
         if self.file.exists():
             data = json.loads(self.file.read_text())
-            self.errors = {k: ExpectedError(**v) for k, v in data["errors"].items()}
-            self.seconds = float(data.get("seconds", 0.0))
+            if data.get("spec") == EMULATION_SPEC:  # expectations of another emulation (an older version) are redone
+                self.errors = {k: ExpectedError(**v) for k, v in data["errors"].items()}
+                self.seconds = float(data.get("seconds", 0.0))
 
     @property
     def complete(self) -> bool:
@@ -347,7 +379,7 @@ class Expectations:
         self,
         model: Model,
         values: Any,  # bisect_lite.reference.ReferenceValues (complete)
-        emulation: Any,  # EngineRunner of the fp16 emulation
+        emulation: Any,  # EngineRunner of the rounding-only fp16 emulation (EMULATION_SPEC)
         on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         """Run the emulation on the reference's own batches (same cuts, same memory budget) and keep per-tensor
@@ -378,7 +410,11 @@ class Expectations:
         kept.unlink(missing_ok=True)
         self.errors = errors
         self.seconds = time.perf_counter() - t0
-        payload = {"errors": {k: v.to_dict() for k, v in errors.items()}, "seconds": round(self.seconds, 3)}
+        payload = {
+            "spec": EMULATION_SPEC,
+            "errors": {k: v.to_dict() for k, v in errors.items()},
+            "seconds": round(self.seconds, 3),
+        }
         atomic_write_text(self.file, json.dumps(payload))
 
 
@@ -448,7 +484,7 @@ def how_to_confirm(target_spec: str) -> str:
             "run your runner in fp32 (and pass --target-precision fp32): if it then matches the reference, the "
             "difference is half-precision rounding"
         )
-    if target_spec.split(":")[0] == EMULATION_SPEC:
+    if target_spec.split(":")[0] == EMULATION_SPEC.split(":")[0]:
         return "the fp16 emulation has no kernel of its own: its whole difference is fp16 storage rounding"
     return "run the target in fp32: if it then matches the reference, the difference is half-precision rounding"
 
@@ -471,7 +507,7 @@ def explain_within(
     if worst is not None:
         parts.append(
             f"the output {worst.name} is off by rel L2 {worst.rel_l2:.3g} (max abs {worst.max_abs:.3g}); fp16 "
-            f"storage rounding alone gives {worst.expected_rel_l2:.3g} there, the bound is {worst.bound_rel_l2:.3g}"
+            f"rounding alone gives {worst.expected_rel_l2:.3g} there, the bound is {worst.bound_rel_l2:.3g}"
         )
     parts.append(f"all {checked} tensors checked are within {rule.factor:g}x the expected fp16 error")
     top = contributors(model, errors)
@@ -518,6 +554,19 @@ def quiet_target_scale(ratios: Sequence[float]) -> float:
     return float(min(1.0, max(QUIET_MIN_SCALE, 2.0 * float(np.median(ratios)))))
 
 
+def fused_away(model: Model, target: Any) -> list[str]:
+    """Tensors the target never materialises (internal to its fused groups: fetching them would undo the fusion);
+    empty when the target cannot tell. `target`: an EngineRunner."""
+    from bisect_lite.errors import InputError
+    from bisect_lite.model.fusion import fusion_groups
+
+    try:
+        optimized = target.optimized_program(model)
+    except (RuntimeError, InputError):
+        return []
+    return [] if optimized is None else [t for g in fusion_groups(model, optimized) for t in g.internal]
+
+
 def deep_check(
     model: Model,
     values: Any,  # ReferenceValues (complete)
@@ -533,6 +582,7 @@ def deep_check(
     producers = model.producers
     # name -> (quick statistics or None, the metrics to judge: quick ones, or the full comparison)
     stats: dict[str, tuple[ExpectedError | None, TensorMetrics]] = {}
+    ranged: dict[str, str] = {}  # name -> the fp16 range failure of the target there (fails whatever the bounds)
     order: list[str] = []
     for name, out in observed:
         ref = values[name]
@@ -541,6 +591,10 @@ def deep_check(
             stats[name] = (quick, quick_metrics(name, quick, ref, out))
         else:
             stats[name] = (None, compare_tensor(name, ref, out, config))
+        if name not in config.overrides:
+            range_failure = target_range_failure(ref, out)
+            if range_failure is not None:
+                ranged[name] = range_failure[1]
         order.append(name)
     ratios = [
         s.rel_l2 / e.rel_l2
@@ -558,7 +612,8 @@ def deep_check(
     for name in order:
         quick, metrics = stats[name]
         overridden = quick is None and name in config.overrides  # --tol: the tolerance verdict stands
-        cmp.tensors.append(metrics if overridden else rule.judge(metrics, expectations.get(name)))
+        judged = metrics if overridden else rule.judge(metrics, expectations.get(name))
+        cmp.tensors.append(failed_for(judged, ranged[name]) if name in ranged else judged)
     check.checked = len(order)
     check.comparison = cmp
     for m in cmp.tensors:
@@ -603,8 +658,10 @@ def judge_tensor(
     quick = fast_stats(name, ref, target, expectations, config)
     if quick is None:
         full = compare_tensor(name, ref, target, config)
-        return full if name in config.overrides else rule.judge(full, expectations.get(name))
-    return rule.judge(quick_metrics(name, quick, ref, target), expectations.get(name))
+        if name in config.overrides:
+            return full
+        return with_range_check(rule.judge(full, expectations.get(name)), ref, target)
+    return with_range_check(rule.judge(quick_metrics(name, quick, ref, target), expectations.get(name)), ref, target)
 
 
 def quick_metrics(name: str, quick: ExpectedError, ref: np.ndarray, target: np.ndarray) -> TensorMetrics:

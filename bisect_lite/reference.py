@@ -77,6 +77,15 @@ class ReferenceValues:
             self._readers[file] = NpzReader(self.directory / file)
         return self._readers[file][name]
 
+    def batches(self, skip: Iterable[str] = ()) -> list[list[str]]:
+        """The dump's batches (the tensors of each reference run, in order), without `skip`."""
+        skipped = set(skip)
+        out: dict[str, list[str]] = {}
+        for name, file in self.index.items():
+            if name not in skipped:
+                out.setdefault(file, []).append(name)
+        return list(out.values())
+
     def get_many(self, names: Iterable[str]) -> dict[str, np.ndarray]:
         return {n: self[n] for n in names}
 
@@ -119,7 +128,9 @@ class ReferenceValues:
             if on_batch:
                 on_batch(len(index) + len(self.unobservable), len(names))
         if any(f not in index for f in model.fetches):
-            raise EngineUnavailable(f"the reference engine {runner.spec} failed on the model ({first_failure})")
+            raise EngineUnavailable(
+                f"the reference engine {runner.spec} failed on the model ({first_failure}){drift_hint(model, runner)}"
+            )
         (self.directory / "second.npz").unlink(missing_ok=True)
         flags = {"nondeterministic": self.nondeterministic, "unobservable": self.unobservable}
         atomic_write_text(self.directory / "flags.json", json.dumps(flags))
@@ -135,12 +146,24 @@ class ReferenceValues:
             data = json.loads(flags.read_text())
             self.nondeterministic = data["nondeterministic"]
             self.unobservable = data["unobservable"]
-        self._readers.clear()
+        self.close()
 
     def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
         self._readers.clear()
 
 
 def _close(result: RunResult) -> None:
     if result.stored is not None:
         result.stored.close()
+
+
+def drift_hint(model: Model, runner: EngineRunner) -> str:
+    """For a Paddle-Lite reference: the known Paddle 3.x schema drift that may be why it failed, with the fix."""
+    from bisect_lite.lite_compat import find_drift
+
+    drift = find_drift(model) if runner.engine.name == "lite" else []
+    if not drift:
+        return ""
+    return f"; known Paddle 3.x schema drift: {drift[0].describe()}; `bisect-lite lite-compat MODEL -o DIR` repairs it"

@@ -11,13 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_NAMES, FIXTURES, load_fixture_inputs, run_cli
+from conftest import FIXTURE_NAMES, FIXTURES, load_fixture_inputs, require, run_cli
 
 from bisect_lite.cache import Cache
-from bisect_lite.engines.registry import create_engine, default_tolerance, list_engines, resolve_engines
+from bisect_lite.engines.registry import (
+    create_engine,
+    default_tolerance,
+    list_engines,
+    real_kernels_problem,
+    resolve_engines,
+)
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.engines.spec import EngineSpec, parse_spec
-from bisect_lite.errors import EngineUnavailable, InputError
+from bisect_lite.errors import InputError
 from bisect_lite.inputs import generate_inputs, load_inputs, parse_shapes
 from bisect_lite.model import load_model, truncate
 
@@ -78,15 +84,60 @@ def test_engines_command_lists_every_engine(capsys):
     assert {r["name"] for r in list_engines() if r["available"]} >= {"paddle", "fp16", "onnxruntime", "cmd"}
 
 
-def test_default_engines_explain_what_is_missing(monkeypatch):
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no paddle_lite_opt
-    with pytest.raises(EngineUnavailable) as info:
-        resolve_engines(None, None)
-    assert "Paddle-Lite" in str(info.value) and "fp16" in str(info.value)
-    assert resolve_engines(None, "fp16") == ("paddle", "fp16")
+def test_without_real_kernels_the_defaults_are_paddle_and_fp16_and_say_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("BISECT_LITE_LITE_ENV", str(tmp_path / "none.json"))  # no provisioned Paddle-Lite
+    ref, target, note = resolve_engines(None, None)
+    assert (ref, target) == ("paddle", "fp16")
+    assert note and "--ref paddle --target fp16" in note and "bisect-lite setup lite" in note
+    assert resolve_engines(None, "onnxruntime")[:2] == ("paddle", "onnxruntime")
+    assert resolve_engines("paddle", "fp16") == ("paddle", "fp16", None)  # nothing filled in: nothing to say
 
 
-def test_default_tolerance_follows_target_precision():
+def test_a_target_that_is_not_paddle_lite_is_held_against_paddle_even_with_real_kernels():
+    require(real_kernels_problem() is None, f"real ARM and OpenCL kernels are missing: {real_kernels_problem()}")
+    assert resolve_engines(None, None)[:2] == ("lite:arm", "lite:opencl")
+    ref, target, note = resolve_engines(None, "fp16")
+    assert (ref, target) == ("paddle", "fp16") and note and "--ref paddle" in note
+    assert resolve_engines(None, "lite:opencl,precision=fp32")[:2] == ("lite:arm", "lite:opencl,precision=fp32")
+    assert resolve_engines("paddle", None)[:2] == ("paddle", "lite:opencl")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("paddle:threads=abc", "threads=abc is not an integer"),
+        ("paddle-opt:threads=0", "threads=0 must be at least 1"),
+        ("fp16:threads=-2", "threads=-2 must be at least 1"),
+        ("onnxruntime:opset=x", "opset=x is not an integer"),
+        ("onnxruntime:threads=0", "threads=0 must be at least 1"),
+        ("lite:arm,runs=0", "runs=0 must be at least 1"),
+        ("lite:opencl,tune=fast", "tune=fast is not one of"),
+        ("lite:arm,lib=/nonexistent/libpaddle_light_api_shared.so", "is not a file"),
+        ("lite:arm,memory_config=/nonexistent/config.txt", "is not a file"),
+    ],
+)
+def test_engine_options_are_checked_when_the_spec_is_parsed(spec, message, capsys):
+    with pytest.raises(InputError, match=message):
+        create_engine(spec)
+    # `run` refuses it in one line (exit 2) before anything runs: no output directory is made.
+    code, _, err = run_cli(
+        ["run", str(FIXTURES / "resnet"), "--ref", spec, "--target", "fp16", "--out", "/nonexistent/o"], capsys
+    )
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_a_lib_that_is_not_a_shared_library_is_bad_input(tmp_path):
+    fake = tmp_path / "libpaddle_light_api_shared.so"
+    fake.write_text("not ELF")
+    with pytest.raises(InputError, match="not an ELF shared library"):
+        create_engine(f"lite:opencl,lib={fake}")
+    with pytest.raises(InputError, match="lib= runs the native runner"):
+        create_engine(f"lite:arm,lib={sys.executable},python={sys.executable}")
+
+
+def test_default_tolerance_follows_target_precision(tmp_path, monkeypatch):
+    # Without real OpenCL here, lite:opencl is a phone's: precision=auto is fp16 there (lite_native tests PoCL's fp32).
+    monkeypatch.setenv("BISECT_LITE_LITE_ENV", str(tmp_path / "none.json"))
     assert default_tolerance("fp16").atol > default_tolerance("paddle-opt").atol
     assert default_tolerance("lite:opencl") == default_tolerance("fp16")
     assert default_tolerance("lite:opencl,precision=fp32") == default_tolerance("onnxruntime")

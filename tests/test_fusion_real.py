@@ -44,6 +44,13 @@ PLACES = ["arm", "opencl"]
 class RealOpt:
     spec_options: str  # appended to `lite:PLACE`: "" for the provisioned environment, ",opt=PATH" otherwise
     command: list[str]  # how to start opt directly
+    python: str = ""  # the wheel's interpreter: `python=` makes lite:opencl convert as for a phone or board
+
+    def spec(self, place: str) -> str:
+        """The engine spec of a place, converting as on a phone or board (valid targets `arm`, `opencl,arm`): here
+        `lite:opencl` alone converts for this machine's OpenCL library (`x86_opencl`, x86 host fallbacks)."""
+        board = f",python={self.python}" if place == "opencl" and self.python else ""
+        return f"lite:{place}{self.spec_options}{board}"
 
 
 def real_opt() -> RealOpt | None:
@@ -56,7 +63,7 @@ def real_opt() -> RealOpt | None:
 
     env = find_lite_env()
     # opt is a Python script of the wheel: start it with the environment's interpreter.
-    return RealOpt("", [str(env.python), str(env.opt)]) if env is not None else None
+    return RealOpt("", [str(env.python), str(env.opt)], str(env.python)) if env is not None else None
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +106,7 @@ def ops_view(name: str, place: str, opt: RealOpt, capsys) -> tuple[int, dict, st
     """`bisect-lite ops MODEL --target lite:PLACE --json` (once per session): exit code, JSON, stderr."""
     key = (name, place)
     if key not in _views:
-        spec = f"lite:{place}{opt.spec_options}"
+        spec = opt.spec(place)
         code, out, err = run_cli(["ops", str(model_dir(name)), "--target", spec, "--json"], capsys)
         _views[key] = (code, json.loads(out) if code == 0 else {}, err)
     return _views[key]
@@ -107,7 +114,7 @@ def ops_view(name: str, place: str, opt: RealOpt, capsys) -> tuple[int, dict, st
 
 def optimized_program(name: str, place: str, opt: RealOpt, placement: Path | None = None) -> Model:
     """The real optimised program (no memory reuse) through the engine API: a cache hit after ops_view."""
-    engine = create_engine(f"lite:{place}{opt.spec_options}")
+    engine = create_engine(opt.spec(place))
     engine.place_on_cpu(placement)
     model, cache = load_model(model_dir(name)), Cache()
     directory = engine.optimized_program(cache.model_dir(model), cache.prepared_dir(model, engine.cache_key()))
@@ -335,6 +342,8 @@ def test_an_empty_placement_is_never_written():
 
 
 # ------------------------------------------------------------------------------------------------ the simulator
+# The simulator in tests/sim stands in for a phone GPU's fp16 only (nothing here has fp16 OpenCL); which tensors it
+# stores in half follows its optimised program, so that program is kept equal to real opt's for a phone.
 
 SIM_OPT = Path(__file__).resolve().parent / "sim" / "bin" / "paddle_lite_opt"
 TARGETS = {"arm": "arm", "opencl": "opencl,arm"}
@@ -411,85 +420,17 @@ def test_simulator_agrees_with_real_opt(opt, capsys, tmp_path, name, place):
     assert differing == KNOWN_SIM_DIFFERENCES.get((name, place), set())
 
 
-# ------------------------------------------------------------------------------------------------ runs on the simulator
-# ARM/OpenCL kernels cannot run here, so whole runs use the simulator (checked against real opt above).
-
-SIM_DIR = Path(__file__).resolve().parent / "sim"
-POOL_FAULT = {"op_type": "pool2d", "place": "opencl", "kind": "offset", "value": 0.5}
-FC_FAULT = {"op_type": "fc", "place": "opencl", "kind": "scale", "value": 1.5}
+# ------------------------------------------------------------------------------------------------ ops --target
+# Whole runs on real kernels: tests/test_lite.py and tests/test_lite_native.py (ARM under QEMU, OpenCL on PoCL).
 
 
-@pytest.fixture
-def sim_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(SIM_DIR), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("BISECT_LITE_SIM_DIR", str(SIM_DIR))
-    monkeypatch.setenv("PYTHON", sys.executable)  # the simulated opt runs with this interpreter
-    for knob in ("PADDLELITE_SIM_FAULTS", "PADDLELITE_SIM_VERSION", "PADDLELITE_SIM_MEMORY_CONFIG_IGNORED"):
-        monkeypatch.delenv(knob, raising=False)
-    monkeypatch.delenv("OPENCL_MEMORY_CONFIG_FILE", raising=False)
-    # The engines must not pick a provisioned real Paddle-Lite (its x86 runtime cannot run ARM/OpenCL .nb files).
-    monkeypatch.setenv("BISECT_LITE_LITE_ENV", str(tmp_path / "no-lite-env.json"))
-    return monkeypatch
-
-
-def sim_spec(place: str) -> str:
-    return f"lite:{place},opt={SIM_OPT},python={sys.executable}"
-
-
-def sim_run(tmp_path: Path, monkeypatch, faults: list[dict], strategy: str) -> dict:
-    from bisect_lite.bisector import RunOptions, run_bisect
-
-    monkeypatch.setenv("PADDLELITE_SIM_FAULTS", json.dumps(faults))
-    options = RunOptions(
-        ref=sim_spec("arm"),
-        target=sim_spec("opencl"),
-        out=tmp_path / "out",
-        inputs=FIXTURES / "resnet" / "inputs.npz",
-        minimise=False,
-        strategy=strategy,
-    )
-    return run_bisect(FIXTURES / "resnet", options)
-
-
-def test_bisection_on_the_simulator_blames_the_flatten_fc_group(sim_env, tmp_path):
-    """A faulty OpenCL fc kernel: the culprit is the whole real fc group (flatten + matmul_v2 + add + identity
-    scale, ops 43..46), not a single op nor a span of unrelated ops."""
-    report = sim_run(tmp_path, sim_env, [FC_FAULT], "bisect")
-    assert report["verdict"] == "mismatch"
-    culprit = report["culprits"][0]
-    assert (culprit["kind"], culprit["ops"]) == ("group", [43, 44, 45, 46]), culprit
-    assert not any("changed the fusion" in note for note in [*culprit.get("notes", []), *report["notes"]])
-
-
-def test_placement_search_on_the_simulator_moves_ops_and_blames_the_kernel(sim_env, tmp_path):
-    report = sim_run(tmp_path, sim_env, [POOL_FAULT], "placement")
-    assert report["verdict"] == "mismatch"
-    assert [(c["index"], c["type"], c["kind"]) for c in report["culprits"]] == [(42, "pool2d", "op")]
-    assert not [p for p in report["probes"] if "did not take effect" in p.get("message", "")]
-    configs = sorted((tmp_path / "out" / "placement").glob("cpu-first-*.txt"))
-    assert configs and all(c.read_text().startswith("device:cpu\n") and len(c.read_text()) > 12 for c in configs)
-    # Rules name tensors of the program without memory reuse (real opt's reuse would rename relu_0.tmp_0).
-    # Every config moves the first k kernels, so each starts with the first conv (conv+bn+relu, writing relu_0).
-    assert all(c.read_text().splitlines()[1] == "conv2d:image:relu_0.tmp_0" for c in configs)
-
-
-def test_a_placement_that_does_not_take_effect_is_skipped_and_said(sim_env, tmp_path):
-    sim_env.setenv("PADDLELITE_SIM_MEMORY_CONFIG_IGNORED", "conv2d")
-    sim_env.setenv("BISECT_LITE_CACHE", str(tmp_path / "cache"))  # no conversion from the test above
-    report = sim_run(tmp_path, sim_env, [POOL_FAULT], "placement")
-    skipped = [p for p in report["probes"] if "did not take effect" in p.get("message", "")]
-    assert skipped and all(p["verdict"] == "skip" for p in skipped)
-    assert any("placement did not take effect" in note and "conv2d" in note for note in report["notes"])
-    assert report["culprits"] == []  # the tool could not move the ops: nothing is blamed
-
-
-def test_ops_target_on_the_simulator_prints_program_and_groups(sim_env, capsys):
-    """`ops --target` needs only opt: here the simulator's (real opt is checked above)."""
-    code, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", sim_spec("opencl")], capsys)
+def test_ops_target_prints_program_and_groups(opt, capsys):
+    """`ops --target` needs only opt: real opt's program, as a phone converts it (`opencl,arm`) and for `arm`."""
+    code, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", opt.spec("opencl")], capsys)
     assert code == 0, err
     assert "fc/image2d" in out and "opencl/fp16/ImageFolder" in out and "layout/ImageFolder_to_NCHW" in out
     assert "ops 43, 44, 45, 46: flatten_contiguous_range+matmul_v2+elementwise_add+scale -> fc on opencl" in out
-    code, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", sim_spec("arm"), "--json"], capsys)
+    code, out, err = run_cli(["ops", str(FIXTURES / "resnet"), "--target", opt.spec("arm"), "--json"], capsys)
     assert code == 0, err
     view = json.loads(out)
     assert view["groups"][-1] == [43, 44, 45, 46] and view["target"]["glue_ops"] == 0
@@ -510,7 +451,7 @@ def test_ops_target_errors_are_one_line(capsys, spec, code, message):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_ops_target_when_opt_crashes_is_one_line(sim_env, capsys, tmp_path):
+def test_ops_target_when_opt_crashes_is_one_line(capsys, tmp_path):
     crash = tmp_path / "crashing_opt"
     crash.write_text("#!/bin/sh\necho 'Check failed: boom' >&2\nkill -SEGV $$\n")
     crash.chmod(0o755)

@@ -102,7 +102,10 @@ def test_engines_state_their_precision():
     assert create_engine("fp16").declared_precision == "fp16"
     assert create_engine("onnxruntime").declared_precision == "fp32"
     assert create_engine("cmd:true").declared_precision == "unknown"
-    assert create_engine("lite:opencl").declared_precision == "fp16"  # precision=auto is fp16 on phones
+    assert create_engine("lite:opencl,adb").declared_precision == "fp16"  # precision=auto is fp16 on phones
+    # Here, precision=auto runs what the OpenCL device can: fp32 on PoCL (no cl_khr_fp16).
+    here = create_engine("lite:opencl")
+    assert here.declared_precision == ("fp16" if here._device().get("opencl_fp16", True) else "fp32")
     assert create_engine("lite:opencl,precision=fp32").declared_precision == "fp32"
     assert create_engine("lite:arm").declared_precision == "fp32"
     assert resolve_rule("unknown").declared_by == "undeclared"
@@ -277,11 +280,21 @@ def test_compare_judges_half_precision_targets_by_the_precision_model(faulty, ca
     assert (code, report["verdict"]) == (0, "precision"), report["comparison"]
     [metrics] = report["comparison"]["tensors"]
     assert metrics["judged_by"] == "precision" and metrics["rel_l2"] <= metrics["bound_rel_l2"]
-    # A 10 % fault in the last sigmoid under the same fp16 noise: a mismatch, beyond the bound.
-    target = faulty({"kind": "fp16"}, {"kind": "scale", "tensor": "sigmoid_0.tmp_0", "factor": 1.1})
-    code, stdout, _ = run_cli([*args, "--target", target], capsys)
+    # As `run` judges it: every tensor within the rounding-only expectation, nothing beyond fp16's range.
+    assert report["every_tensor"]["checked"] >= 370 and report["every_tensor"]["beyond_precision"] == []
+    assert report["fp16_range"] == []
+    # A 5 % conv fault under the same fp16 noise, hidden at cls's saturated softmax output: compare judges every
+    # tensor as run does (test_fault_hidden_at_a_saturated_output_found_inside_real_cls), so it is a mismatch too.
+    cls = REAL / "cls"
+    target = faulty({"kind": "fp16"}, {"kind": "scale", "tensor": "conv2d_16.tmp_0", "factor": 1.05})
+    cls_args = ["compare", str(cls), "--inputs", str(cls / "inputs.npz"), "--ref", "paddle", "--json"]
+    code, stdout, _ = run_cli([*cls_args, "--target", target], capsys)
     report = json.loads(stdout)
     assert (code, report["verdict"]) == (1, "mismatch"), report["comparison"]
+    assert report["comparison"]["passed"]  # the output alone is within precision
+    assert report["every_tensor"]["beyond_precision"][0] == "conv2d_16.tmp_0"
+    # Its diagnosis is of the whole-model values (no isolation): not a range failure.
+    assert (report["diagnosis"]["op"], report["diagnosis"]["kind"]) == (162, "numeric_mismatch")
     assert report["precision"]["declared_by"] == "undeclared"
     # Explicit tolerances judge instead of the model.
     code, stdout, _ = run_cli([*args, "--target", "fp16", "--atol", "1e-2", "--rtol", "1e-2"], capsys)

@@ -13,6 +13,7 @@ import pytest
 
 from bisect_lite.compare import CompareConfig, Comparison, compare_tensor
 from bisect_lite.report import Diagnosis, diagnose, plot_error_vs_depth, render_report
+from bisect_lite.repro.bundle import first_nonfinite
 from bisect_lite.repro.issue import python_snippet, render_issue
 
 CFG = CompareConfig()
@@ -541,6 +542,35 @@ def test_render_issue_crash_and_fp32():
     compile(arm, "arm snippet", "exec")
 
 
+def test_render_issue_names_nan_in_the_title_and_the_input_that_triggers_it():
+    """A few NaN elements barely move rel L2 (the statistics skip non-finite pairs): the title must say NaN, and the
+    summary give the input value at the first one (det's sigmoid: an input below -88.72 -> NaN on OpenCL)."""
+    x = np.array([[[[-89.98, -1.0, 0.0, 3.0]]]], np.float32)
+    want = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+    got = want.copy()
+    got[0, 0, 0, 0] = np.nan
+    found = {"inputs": {"elementwise_add_116": x}, "expected": {"out": want}, "actual": {"out": got}}
+    first = first_nonfinite(found)
+    assert first == {
+        "output": "out",
+        "index": [0, 0, 0, 0],
+        "count": 1,
+        "target": "nan",
+        "reference": pytest.approx(float(want[0, 0, 0, 0])),
+        "inputs": {"elementwise_add_116": pytest.approx(-89.98)},
+    }
+    assert first_nonfinite({**found, "actual": {"out": want}}) is None
+    repro = repro_dict()
+    repro["target"]["facts"]["opencl_precision"] = "fp32"
+    repro["metrics"] = [compare_tensor("out", want, got, CFG).to_dict()]
+    repro["first_nonfinite"] = first
+    text = render_issue(repro)
+    assert text.startswith("# [OpenCL] conv2d gives 1 NaN where ARM is finite (fp32)"), text.splitlines()[0]
+    assert "over the finite elements, rel L2" in text and "(1 NaN in the target where the reference is finite)" in text
+    assert "`out`[0, 0, 0, 0]: OpenCL gives nan" in text and "`elementwise_add_116` is -89.98 there" in text
+    json.dumps(first, allow_nan=False)  # repro.json is written without NaN
+
+
 def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)\n```", text, flags=re.S)
 
@@ -612,8 +642,8 @@ def test_issue_prints_infinite_errors_as_inf():
     text = render_issue(repro)
     summary = text.split("### Summary")[1].split("###")[0]
     assert "rel L2 inf" in summary and "max abs inf" in summary and "—" not in summary.split("in `")[1]
-    assert "16 inf in the target" in summary
-    assert "rel L2 inf" in text.splitlines()[0]
+    assert "16 inf in the target" in summary and "finite elements" not in summary
+    assert text.splitlines()[0].startswith("# [OpenCL] conv2d gives 16 inf where ARM is finite")
 
 
 def test_fused_group_is_named_as_a_group():

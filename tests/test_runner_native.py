@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIM = ROOT / "tests" / "sim"
 RUNNER_SRC = ROOT / "runners" / "android" / "bisect_lite_runner.cc"
 STUB_SRC = SIM / "stub_light_api.cc"
+STUB_OPENCL_SRC = SIM / "stub_opencl.cc"  # a stand-in libOpenCL.so: the device the runner reads fp16 from
 HOST_DIR = ROOT / "runners" / "android" / "host"
 HOST_INCLUDE = HOST_DIR / "include"
 HOST_BUILD = HOST_DIR / "build.sh"
@@ -275,6 +276,16 @@ def native_binary(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def stub_opencl_dir(tmp_path_factory) -> Path:
+    """A directory holding the stand-in libOpenCL.so (put first on LD_LIBRARY_PATH)."""
+    out = tmp_path_factory.mktemp("stub_opencl")
+    cmd = ["g++", "-std=c++14", "-Wall", "-Werror", "-shared", "-fPIC", str(STUB_OPENCL_SRC), "-o"]
+    proc = subprocess.run([*cmd, str(out / "libOpenCL.so")], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
 def fake_lite_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("fake_lite")
     (base / "paddlelite").mkdir()
@@ -287,6 +298,7 @@ def fake_lite_dir(tmp_path_factory) -> Path:
 def runner(request, tmp_path) -> Runner:
     env = {"STUB_CONFIG_LOG": str(tmp_path / "config.log")}
     if request.param == "native":
+        env["LD_LIBRARY_PATH"] = str(request.getfixturevalue("stub_opencl_dir"))
         return Runner("native", [str(request.getfixturevalue("native_binary"))], env)
     env["BISECT_LITE_SIM_DIR"] = str(request.getfixturevalue("fake_lite_dir"))
     return Runner("sim", [sys.executable, str(SIM_RUNNER)], env)
@@ -319,10 +331,12 @@ def test_all_dtypes_round_trip_bit_exact(runner, tmp_path):
     assert not (tmp_path / "out" / "run0").exists()
 
     info = json.loads((tmp_path / "out" / "info.json").read_text())
-    assert set(info) >= {"paddle_lite_version", "precision", "opencl_valid", "opencl_fp16_valid", "seconds", "device"}
+    assert set(info) >= {"paddle_lite_version", "precision", "precision_used", "opencl_valid", "opencl_fp16"}
+    assert set(info) >= {"opencl_platform", "opencl_device", "library", "cpu", "seconds", "device", "runner_version"}
     assert info["paddle_lite_version"] == "9.9-test"
-    assert info["precision"] == "auto"
-    assert info["opencl_valid"] is True and info["opencl_fp16_valid"] is True
+    assert info["precision"] == "auto" and info["precision_used"] == "fp16"  # AUTO on a device with fp16
+    assert info["opencl_valid"] is True and info["opencl_fp16"] is True
+    assert isinstance(info["cpu"]["arm_parts"], list) and info["cpu"]["online"] >= 1
     assert len(info["seconds"]) == 1 and info["seconds"][0] >= 0
     assert isinstance(info["device"], str) and info["device"]
 
@@ -368,8 +382,14 @@ def test_config_calls_and_info(runner, tmp_path, opencl):
         "0",
         env=env,
     )
-    assert proc.returncode == 0, proc.stderr
     calls = config_log(tmp_path)
+    if opencl == "fp32":
+        # fp16 on a device without cl_khr_fp16: refused before any model is loaded (Paddle-Lite would abort).
+        assert proc.returncode == 5 and one_line(proc.stderr), proc.stderr
+        assert "unsupported precision: --precision fp16 needs an OpenCL device with cl_khr_fp16" in proc.stderr
+        assert calls == [] and not (tmp_path / "out" / "info.json").exists()
+        return
+    assert proc.returncode == 0, proc.stderr
     assert calls[0] == f"set_model_from_file {model}"
     opencl_calls = [
         "set_opencl_binary_path_name /cache m.bin",
@@ -381,7 +401,14 @@ def test_config_calls_and_info(runner, tmp_path, opencl):
     info = json.loads((tmp_path / "out" / "info.json").read_text())
     assert info["precision"] == "fp16"
     assert info["opencl_valid"] is (opencl != "0")
-    assert info["opencl_fp16_valid"] is (opencl == "1")
+    assert info["opencl_fp16"] is (True if opencl == "1" else None)
+    assert info["precision_used"] == ("fp16" if opencl == "1" else None)  # no OpenCL: no OpenCL precision
+    if runner.kind == "native" and opencl == "1":
+        # Read from the device through the OpenCL C API (here the stand-in libOpenCL.so).
+        assert info["opencl_platform"] == "Stub OpenCL (OpenCL 1.2 stub)"
+        assert info["opencl_device"] == "Stub GPU (GPU, driver 9.9-stub)"
+    elif opencl == "0":
+        assert info["opencl_platform"] is None and info["opencl_device"] is None
 
 
 def test_tune_file_and_defaults(runner, tmp_path):
@@ -402,24 +429,29 @@ def test_tune_file_and_defaults(runner, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "a" / "b" / "out" / "info.json").exists()
-    assert config_log(tmp_path)[1:-1] == [f"set_opencl_tune 1 {tmp_path} t.tune 4", "set_opencl_precision 0"]
+    # AUTO is decided by the runner and passed explicitly: fp16 (2) on this device, which lists cl_khr_fp16.
+    assert config_log(tmp_path)[1:-1] == [f"set_opencl_tune 1 {tmp_path} t.tune 4", "set_opencl_precision 2"]
     # Without --tune-file the tune file sits next to the model, named after it.
     (tmp_path / "config.log").unlink()
     proc = runner("--model", model, "--inputs", in_dir, "--outputs", tmp_path / "out2", "--tune", "normal")
     assert proc.returncode == 0, proc.stderr
-    assert config_log(tmp_path)[1:-1] == [f"set_opencl_tune 2 {tmp_path / 'sub'} m.nb.tune 4", "set_opencl_precision 0"]
-    # --tune none (the default) ignores --tune-file; no threads or power mode unless asked.
+    assert config_log(tmp_path)[1:-1] == [f"set_opencl_tune 2 {tmp_path / 'sub'} m.nb.tune 4", "set_opencl_precision 2"]
+    # --tune none (the default) ignores --tune-file; no threads or power mode unless asked. AUTO on a device
+    # without fp16 is fp32 (1).
     (tmp_path / "config.log").unlink()
-    proc = runner("--model", model, "--inputs", in_dir, "--outputs", tmp_path / "out3", "--tune-file", "x/y.tune")
+    fp32_device = {"STUB_OPENCL": "fp32", "BISECT_LITE_SIM_OPENCL": "fp32"}
+    out3 = tmp_path / "out3"
+    proc = runner("--model", model, "--inputs", in_dir, "--outputs", out3, "--tune-file", "x/y.tune", env=fp32_device)
     assert proc.returncode == 0, proc.stderr
-    assert config_log(tmp_path)[1:-1] == ["set_opencl_precision 0"]
+    assert config_log(tmp_path)[1:-1] == ["set_opencl_precision 1"]
+    assert json.loads((out3 / "info.json").read_text())["precision_used"] == "fp32"
 
 
 def test_info_mode(runner, tmp_path):
     proc = runner("--info", env={"STUB_OPENCL": "fp32", "BISECT_LITE_SIM_OPENCL": "fp32"})
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
-    assert info["opencl_valid"] is True and info["opencl_fp16_valid"] is False
+    assert info["opencl_valid"] is True and info["opencl_fp16"] is False and info["precision_used"] == "fp32"
     assert info["paddle_lite_version"] is None and "seconds" not in info
     model = runner.model(tmp_path / "m.nb", ["x"], version="2.13-x")
     proc = runner("--info", "--model", model)
@@ -768,7 +800,8 @@ def test_sim_runner_on_the_real_library_matches_the_native_runner(real_lite, tmp
             assert same_bits(a[name], b[name]), (sub, name)
     info_native = json.loads((tmp_path / "native" / "info.json").read_text())
     info_sim = json.loads((tmp_path / "sim" / "info.json").read_text())
-    for key in ("paddle_lite_version", "precision", "opencl_valid", "opencl_fp16_valid", "runner_version"):
+    keys = ("paddle_lite_version", "precision", "precision_used", "opencl_valid", "opencl_fp16", "runner_version")
+    for key in keys:
         assert info_native[key] == info_sim[key], key
 
 
@@ -960,7 +993,7 @@ def test_native_minimal_build_without_arm_and_opencl_api(tmp_path):
     assert "ignored" in proc.stderr
     assert config_log(tmp_path)[1:] == ["create_predictor"]
     info = json.loads((tmp_path / "out" / "info.json").read_text())
-    assert info["opencl_valid"] is False and info["opencl_fp16_valid"] is False
+    assert info["opencl_valid"] is False and info["opencl_fp16"] is None and info["precision_used"] is None
 
 
 def test_cmakelists_builds_against_the_real_library(real_lite, tmp_path):

@@ -84,12 +84,16 @@ class Engine:
             raise InputError(f"engine {self.spec}: {key}={value} is not one of {', '.join(choices)}")
         return value
 
-    def int_option(self, key: str, default: int) -> int:
+    def int_option(self, key: str, default: int, minimum: int | None = None) -> int:
+        """An integer option, checked when the spec is parsed (constructors call this, never a worker)."""
         value = self.spec.option(key)
         try:
-            return default if value is None else int(value)
+            number = default if value is None else int(value)
         except ValueError:
             raise InputError(f"engine {self.spec}: {key}={value} is not an integer") from None
+        if minimum is not None and number < minimum:
+            raise InputError(f"engine {self.spec}: {key}={value} must be at least {minimum}")
+        return number
 
     # ---- parent side ----------------------------------------------------------------------------------
     @classmethod

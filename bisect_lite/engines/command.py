@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import select
 import shlex
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 from bisect_lite.engines.base import Engine, Job, RunResult
-from bisect_lite.engines.worker import describe_exit, kill_group, tail, track_group
+from bisect_lite.engines.worker import describe_exit, run_in_group, tail
 from bisect_lite.errors import InputError
 
 PLACEHOLDERS = ("model_dir", "model_file", "params_file", "inputs", "outputs", "io")
@@ -85,30 +84,15 @@ class CommandEngine(Engine):
         log = job.outputs_file.with_name("stderr.log")
         start = time.perf_counter()
         try:
-            with open(log, "wb") as err:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=err,
-                    stderr=err,
-                    start_new_session=True,
-                    cwd=self.cwd,
-                )
+            code = run_in_group(argv, log, timeout, cwd=self.cwd)
         except OSError as exc:
             return RunResult("crash", message=f"cannot start {argv[0]!r}: {exc.strerror}")
-        track_group(proc.pid)
-        try:
-            code = _wait(proc, timeout)
         except subprocess.TimeoutExpired:
             return RunResult(
                 "timeout",
                 seconds=time.perf_counter() - start,
                 message=f"no result within {timeout:g} s" + _with_tail(log),
             )
-        finally:
-            # Not reaped yet (pidfd wait), so the group id cannot have been reused: kill what is left of it.
-            kill_group(proc.pid)
-            proc.wait()
         seconds = time.perf_counter() - start
         if code != 0:
             return RunResult("crash", seconds=seconds, message=describe_exit(code) + _with_tail(log))
@@ -118,18 +102,3 @@ class CommandEngine(Engine):
 def _with_tail(log: Path) -> str:
     text = tail(log)
     return f": {text}" if text else ""
-
-
-def _wait(proc: subprocess.Popen, timeout: float) -> int:
-    """Wait for exit without polling (Popen.wait(timeout) sleeps in steps of up to 50 ms, per run)."""
-    try:
-        fd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        return proc.wait(timeout=timeout)
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-    finally:
-        os.close(fd)
-    if not ready:
-        raise subprocess.TimeoutExpired(proc.args, timeout)
-    return proc.wait()

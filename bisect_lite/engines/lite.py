@@ -1,36 +1,49 @@
-"""Paddle-Lite: `lite:arm`, `lite:opencl`, `lite:x86`, on this machine, an ARM board or an Android phone.
+"""Paddle-Lite: `lite:arm`, `lite:opencl`, `lite:x86`, on real kernels here, an ARM board or an Android phone.
 
 Conversion: Paddle-Lite's opt program (`paddle_lite_opt` from the `paddlelite` wheel, or `opt=PATH` for a release
-binary) turns each model into a naive-buffer `.nb` for the place's valid targets (`arm`, `opencl,arm`, `x86`), and
-once more into protobuf: the optimised program tells which ops were fused and which io_copy/layout glue ops were
-inserted. Both are cached with the model's hash, the opt version and the targets. opt runs in a child process: a
+binary) turns each model into a naive-buffer `.nb` for the valid targets where it runs (`arm`; `x86_opencl` for
+OpenCL here, `opencl,arm` on a phone or board; `x86`), and once more into protobuf: the optimised program tells
+which ops were fused, which kernel (OpenCL, ARM, x86, host) runs each op, and which io_copy/layout glue ops were
+inserted. Both are cached with the model's hash, the opt program and the targets. opt runs in a child process: a
 model it cannot handle aborts opt, not the search.
 
 Where Paddle-Lite comes from: `opt=PATH` and `python=PATH` when given; otherwise the environment that
-`bisect-lite setup lite` built (bisect_lite/lite_env.py: its opt, and its interpreter for the worker); otherwise
-`paddle_lite_opt` on PATH and this interpreter.
+`bisect-lite setup lite` built (bisect_lite/lite_env.py: its opt, its interpreter for the worker, and its native
+runners); otherwise `paddle_lite_opt` on PATH and this interpreter.
 
 Runtimes (one engine, several transports):
-- default: a worker process running `lite_worker.py` with the environment's interpreter (or this one);
-- `python=PATH`: the same worker with another interpreter (e.g. a Python 3.10 venv holding the wheel);
-- `ssh=USER@HOST` (+ `python=` on the board, default python3): the worker runs on an ARM board over ssh, files
-  are copied with scp (the board needs numpy and paddlelite, nothing else);
-- `adb` (+ `serial=`, `runner=`, `libs=`): the native runner of runners/android on a phone: the engine pushes the
-  runner and libpaddle_light_api_shared.so once, then per run the .nb and inputs to a fresh directory, runs it,
-  pulls the outputs and removes the directory.
+- `lite:arm` here: the native runner (runners/) cross-built for aarch64, on the real ARM kernels of Paddle-Lite's
+  aarch64 library under QEMU (`transport: qemu`);
+- `lite:opencl` here: the native runner built for x86-64 against Paddle-Lite's OpenCL library, on the real OpenCL
+  kernels of this machine's OpenCL platform (PoCL) (`transport: local`); kernels compile once per machine
+  (engines/kernel_cache.py);
+- `lib=PATH`: the same runners with this `libpaddle_light_api_shared.so` (its ELF machine picks QEMU for aarch64,
+  this machine for x86-64): how a kernel developer checks a fixed library. Its version must be opt's;
+- `lite:x86` and `python=PATH`: a worker process running `lite_worker.py` on the wheel's Python API;
+- `ssh=USER@HOST` (+ `python=` on the board, default python3): that worker on an ARM board over ssh, files copied
+  with scp (the board needs numpy and paddlelite, nothing else);
+- `adb` (+ `serial=`, `runner=`, `libs=` or `lib=`): the native runner on a phone (engines/native.py).
 Every model gets its own OpenCL kernel-binary and tuning file names, so stale caches never leak between probes,
 and the runtime's version must equal opt's.
 
+Precision: OpenCL `precision=auto` is fp16 wherever the device has `cl_khr_fp16` (nearly every phone) and fp32
+where it has not (PoCL): the engine declares what the device really computes in, and is judged accordingly;
+`precision=fp16` on a device without fp16 is refused (Paddle-Lite would abort).
+
 Guards: a runtime runs only the kernels it is built for (the x86 wheel loads ARM/OpenCL `.nb` files and returns
-garbage without an error), so `lite:arm`/`lite:opencl` on it stop with exit 3; every fed input must read back
-equal (lite_worker.py), or the environment is refused. A crash keeps its reason: the signal, Paddle-Lite's
-`Check failed`/fatal line, the top native frames and whether it happened while building the program (opt or
-predictor creation) or while running it (`RunResult.info`: stage, signal, fatal, frames).
+garbage without an error), so `lite:arm`/`lite:opencl` without a runner for them stop with exit 3; every fed input
+must read back equal (lite_worker.py), or the environment is refused. What the environment lacks (QEMU, an OpenCL
+platform, a library of opt's release) is exit 3 naming what to install, never a verdict on an op. A crash keeps
+its reason: the signal, Paddle-Lite's `Check failed`/fatal line, the top native frames and whether it happened
+while building the program (opt or predictor creation) or while running it (`RunResult.info`: stage, signal,
+fatal, frames).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -45,15 +58,33 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bisect_lite.engines.base import Engine, Job, RunResult
+from bisect_lite.engines.kernel_cache import KernelCache, kernel_cache_root
+from bisect_lite.engines.native import (
+    LIBRARY,
+    RUNNER,
+    AdbExecutor,
+    Executor,
+    LocalExecutor,
+    RunnerExit,
+    elf_machine,
+    file_sha256,
+    read_outputs,
+    tail_lines,
+    write_inputs,
+)
 from bisect_lite.engines.worker import Worker, WorkerDied, describe_exit
 from bisect_lite.errors import EngineUnavailable, InputError
 from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.lite_env import LiteEnv, find_lite_env
 
+# opt's valid targets per place: on a phone or board (and in the wheel), and for the native runners here, where
+# the OpenCL library has x86 host kernels: `opencl,arm` would give ARM fallback kernels it cannot run.
 VALID_TARGETS = {"arm": "arm", "opencl": "opencl,arm", "x86": "x86"}
+LOCAL_OPENCL_TARGETS = "x86_opencl"
+# The ELF machine a `lib=` must have for each place (phones take aarch64 libraries).
+LIB_MACHINES = {"arm": ("aarch64",), "opencl": ("x86_64",), "x86": ("x86_64",)}
+PHONE_MACHINES = ("aarch64", "arm")
 WORKER_SCRIPT = Path(__file__).with_name("lite_worker.py")
 OPT_TIMEOUT = 600.0
 VERSION_WARNING = "not consistent with current Paddle-Lite version"  # what the runtime logs before it dies
@@ -65,25 +96,46 @@ HANDLER_FRAMES = ("libc.so", "libffi", "_ctypes", "libpython", "python3", "ld-li
 # Any non-empty OPENCL_MEMORY_CONFIG_FILE turns off opt's memory_optimize_pass (ARM and OpenCL), whose tensor
 # renaming would hide what was fused; a section header alone moves nothing. An EMPTY file makes opt throw.
 NO_REUSE_CONFIG = "device:cpu\n"
+# What to install when a piece of the real-kernel environment is missing (Debian package names).
+INSTALL_QEMU = "apt-get install qemu-user"
+INSTALL_AARCH64_RUNTIME = "apt-get install g++-aarch64-linux-gnu"
+INSTALL_OPENCL = "apt-get install pocl-opencl-icd ocl-icd-libopencl1"
+# The runner's log when the machine, not the model, failed: a missing shared library or sysroot.
+ENVIRONMENT_FAILURES = ("error while loading shared libraries", "Could not open '/lib", "cannot open shared object")
 
 
-def _tail(text: str, lines: int = 8) -> str:
-    kept = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return "\n".join(kept[-lines:])
+def native_targets(env: LiteEnv | None) -> dict[str, dict[str, Any]]:
+    """The native runners `bisect-lite setup lite` provisioned (lite-env.json's "native"), as plain dicts:
+    `arm` (the aarch64 runner and library, under QEMU here) and `opencl` (the x86-64 runner and OpenCL library).
+    Fields: runner, lib, lib_sha256, version, valid_targets, launcher, machine, device."""
+    if env is None:
+        return {}
+    native = getattr(env, "native", None)
+    if native is None and env.manifest is not None:  # a LiteEnv that does not carry them itself
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            native = json.loads(Path(env.manifest).read_text()).get("native")
+    found: dict[str, dict[str, Any]] = {}
+    for key, value in (native or {}).items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict) and value.get("runner"):
+            found[key] = {k: str(v) if isinstance(v, Path) else v for k, v in value.items()}
+    return found
 
 
 class LiteEngine(Engine):
     name = "lite"
-    summary = "Paddle-Lite (opt + runtime): lite:arm | lite:opencl | lite:x86, locally, over ssh or adb"
+    summary = "Paddle-Lite (opt + runtime): lite:arm | lite:opencl | lite:x86, on real kernels here, ssh or adb"
     words = {
-        "arm": "ARM CPU kernels (valid targets: arm)",
-        "opencl": "OpenCL GPU kernels with ARM fallback (valid targets: opencl,arm)",
+        "arm": "ARM CPU kernels (valid targets: arm); here under QEMU",
+        "opencl": "OpenCL GPU kernels (valid targets: x86_opencl here, opencl,arm on a phone or board)",
         "x86": "x86 kernels (valid targets: x86)",
         "adb": "run on an Android phone with the native runner",
     }
     option_help = {
-        "precision": "OpenCL precision: auto (default, fp16 on nearly every phone) | fp16 | fp32",
+        "precision": "OpenCL precision: auto (default: fp16 where the device has cl_khr_fp16, else fp32) | fp16 | fp32",
         "tune": "OpenCL local-work-size tuning: none (default) | rapid | normal | exhaustive",
+        "lib": "run with this libpaddle_light_api_shared.so (aarch64: under QEMU or on the phone; x86-64: here)",
         "opt": "the opt program (default: the one `bisect-lite setup lite` installed, else paddle_lite_opt on PATH)",
         "python": "interpreter for the worker (locally, or on the board with ssh=; default: the setup's)",
         "ssh": "USER@HOST of an ARM board",
@@ -91,7 +143,7 @@ class LiteEngine(Engine):
         "runner": "the built native runner (default: runners/android/build/android-arm64-v8a/dist/bisect_lite_runner)",
         "libs": "directory of libpaddle_light_api_shared.so and libc++_shared.so (default: the runner's directory)",
         "device_dir": "working directory on the phone (default /data/local/tmp/bisect-lite)",
-        "threads": "CPU threads",
+        "threads": "CPU threads (default 1; more are slower under QEMU)",
         "runs": "runs per inference; results of the last (catches second-run memory-reuse bugs)",
         "memory_config": "OPENCL_MEMORY_CONFIG_FILE for opt (ops forced onto the CPU)",
     }
@@ -113,23 +165,101 @@ class LiteEngine(Engine):
             raise InputError(f"engine {spec}: choose adb or ssh=, not both")
         self.precision = self.option("precision", "auto", ("auto", "fp16", "fp32"))
         self.tune = self.option("tune", "none", ("none", "rapid", "normal", "exhaustive"))
-        self.threads = self.int_option("threads", 1)
-        self.runs = self.int_option("runs", 1)
+        self.threads = self.int_option("threads", 1, minimum=1)
+        self.runs = self.int_option("runs", 1, minimum=1)
         self.device_dir = self.option("device_dir", "/data/local/tmp/bisect-lite")
+        self.lib = self._lib_option()
+        config = self.option("memory_config")
+        if config and not Path(config).is_file():
+            raise InputError(f"engine {spec}: memory_config={config} is not a file")
         self._worker: Worker | None = None
         self._log_dir: Path | None = None  # made by the first worker: engines built only to ask questions leave nothing
         self._opt_version: str | None = None
         self._runtime: dict[str, Any] = {}
         self._remote_ready = False
+        self._executor: Executor | None = None
+        self._info: tuple[dict[str, Any], str] | None = None  # the native runner's --info, and its log
+        self._kernels: KernelCache | None = None
         self.placement: str | None = None
+
+    def _lib_option(self) -> Path | None:
+        """`lib=PATH`, checked when the spec is parsed: a file, ELF, and only where the native runner runs."""
+        lib = self.option("lib")
+        if not lib:
+            return None
+        path = Path(lib).expanduser()
+        if not path.is_file():
+            raise InputError(f"engine {self.spec}: lib={lib} is not a file")
+        if elf_machine(path) is None:
+            raise InputError(f"engine {self.spec}: lib={lib} is not an ELF shared library")
+        if self.ssh or self.option("python"):
+            raise InputError(
+                f"engine {self.spec}: lib= runs the native runner (here or with adb); ssh= and python= run the "
+                "Python wheel, whose library is its own"
+            )
+        return path.resolve()
+
+    # ---- where it runs ---------------------------------------------------------------------------------------
+    def _native(self) -> dict[str, Any] | None:
+        """The provisioned native runner this engine runs on here (None: the Python worker, ssh or adb). With
+        `lib=`, the runner built for the library's machine."""
+        if self.adb or self.ssh or self.option("python"):
+            return None
+        if not hasattr(self, "_natives"):
+            self._natives = native_targets(self.lite_env)
+        natives = self._natives
+        if self.lib is not None:
+            machine = elf_machine(self.lib)
+            return next((t for t in natives.values() if t.get("machine") == machine), None)
+        return natives.get(self.place) if self.place in ("arm", "opencl") else None
+
+    @property
+    def runs_native_here(self) -> bool:
+        return not (self.adb or self.ssh or self.option("python")) and (
+            self.lib is not None or self._native() is not None
+        )
+
+    @property
+    def transport(self) -> str:
+        if self.adb:
+            return "adb"
+        if self.ssh:
+            return "ssh"
+        if self.runs_native_here:
+            native = self._native()
+            if native is not None:
+                return "qemu" if native.get("launcher") else "local"
+            return "qemu" if self.lib and elf_machine(self.lib) == "aarch64" else "local"  # problem() says what lacks
+        return "python"
+
+    @property
+    def valid_targets(self) -> str:
+        if self.place == "opencl" and self.runs_native_here:
+            return str((self._native() or {}).get("valid_targets") or LOCAL_OPENCL_TARGETS)
+        return VALID_TARGETS[self.place]
+
+    def _device(self) -> dict[str, Any]:
+        """What setup measured about the device the native runner uses (OpenCL platform, fp16, emulator, CPU)."""
+        device = (self._native() or {}).get("device")
+        return device if isinstance(device, dict) else {}
+
+    @property
+    def used_precision(self) -> str:
+        """What the kernels compute in: ARM and x86 in fp32; OpenCL in fp16 where the device has cl_khr_fp16 and
+        precision is not fp32, else fp32 (Paddle-Lite's AUTO falls back to fp32 without it)."""
+        if self.place != "opencl" or self.precision == "fp32":
+            return "fp32"
+        if self.runs_native_here and self._device().get("opencl_fp16") is False:
+            return "fp32"
+        return "fp16"  # AUTO means fp16 on nearly every phone
 
     @property
     def half_precision(self) -> bool:
-        return self.place == "opencl" and self.precision != "fp32"
+        return self.used_precision == "fp16"
 
     @property
     def declared_precision(self) -> str:
-        return "fp16" if self.half_precision else "fp32"  # OpenCL precision=auto is fp16 on nearly every phone
+        return self.used_precision
 
     # ---- availability ----------------------------------------------------------------------------------
     @classmethod
@@ -184,9 +314,10 @@ class LiteEngine(Engine):
         return (
             f"lite:{self.place} needs a Paddle-Lite runtime with {kernels} kernels, and {where} runs only "
             f"{', '.join(runs) or 'no'} .nb files here (it would load this one and return garbage without an error): "
-            f"use lite:{self.place},adb (an Android phone with runners/android) or lite:{self.place},ssh=USER@BOARD "
-            f"(an ARM board with the paddlelite wheel); `bisect-lite ops MODEL --target lite:{self.place}` still "
-            "shows what opt makes of the model"
+            "`bisect-lite setup lite` provisions real ARM kernels (under QEMU) and OpenCL kernels (on this "
+            f"machine's OpenCL platform); or use lite:{self.place},adb (an Android phone with runners/android) or "
+            f"lite:{self.place},ssh=USER@BOARD (an ARM board with the paddlelite wheel); `bisect-lite ops MODEL "
+            f"--target lite:{self.place}` still shows what opt makes of the model"
         )
 
     def problem(self) -> str | None:
@@ -195,37 +326,123 @@ class LiteEngine(Engine):
                 return f"opt program {self.option('opt')!r} not found"
             return self.unavailable_reason()
         if self.adb:
-            if shutil.which("adb") is None:
-                return "adb is not on PATH (install Android platform-tools)"
-            if not Path(self._runner_path()).exists():
-                return (
-                    f"native runner {self._runner_path()} not found: build it with runners/android/build.sh "
-                    "or pass runner=PATH"
-                )
-            if not list(self._libs_dir().glob("libpaddle_light_api_shared.so")):
-                return (
-                    f"libpaddle_light_api_shared.so not found in {self._libs_dir()}: pass libs=DIR (the "
-                    "inference_lite_lib cxx/lib directory, plus the NDK's libc++_shared.so)"
-                )
-        elif self.ssh:
+            return self._phone_problem()
+        if self.ssh:
             if shutil.which("ssh") is None or shutil.which("scp") is None:
                 return "ssh and scp are needed for ssh="
-        elif not self.option("python") and self.lite_env is not None:
+            return None
+        if self.runs_native_here:
+            return self._native_here_problem()
+        if not self.option("python") and self.lite_env is not None:
             env = self.lite_env
             return self._native_problem(f"the Paddle-Lite {env.version} set up in {env.root}", env.runs)
-        else:
-            python = self._worker_python()
-            probe = subprocess.run([python, "-c", "import paddlelite.lite"], capture_output=True, text=True)
-            if probe.returncode != 0:
-                return f"{python} cannot import paddlelite ({_tail(probe.stderr, 1) or 'not installed'})"
+        python = self._worker_python()
+        probe = subprocess.run([python, "-c", "import paddlelite.lite"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            return f"{python} cannot import paddlelite ({tail_lines(probe.stderr, 1) or 'not installed'})"
         return None
+
+    def _phone_problem(self) -> str | None:
+        if shutil.which("adb") is None:
+            return "adb is not on PATH (install Android platform-tools)"
+        if not Path(self._runner_path()).exists():
+            return (
+                f"native runner {self._runner_path()} not found: build it with runners/android/build.sh "
+                "or pass runner=PATH"
+            )
+        if self.lib is not None:
+            machine = elf_machine(self.lib)
+            if machine not in PHONE_MACHINES:
+                return f"lib={self.lib} is an {machine} library; a phone runs aarch64 (or arm) ones"
+        elif not (self._libs_dir() / LIBRARY).exists():
+            return (
+                f"{LIBRARY} not found in {self._libs_dir()}: pass libs=DIR (the inference_lite_lib cxx/lib "
+                "directory, plus the NDK's libc++_shared.so) or lib=PATH"
+            )
+        return None
+
+    def _native_here_problem(self) -> str | None:
+        """Why the native runner cannot run this place here: the library's machine, a missing runner, QEMU or
+        its aarch64 runtime, no OpenCL platform, a library of another release, fp16 on a device without it."""
+        wanted = LIB_MACHINES[self.place]
+        machine = elf_machine(self.lib) if self.lib else None
+        if self.lib is not None and machine not in wanted:
+            where = {
+                "arm": "lite:arm runs ARM kernels, so lib= must be an aarch64 library (run under QEMU here)",
+                "opencl": "lite:opencl runs OpenCL kernels on this machine's OpenCL platform, so lib= must be an "
+                "x86-64 library (an aarch64 one runs only under QEMU, where no OpenCL platform is reachable)",
+                "x86": "lite:x86 runs x86 kernels here, so lib= must be an x86-64 library",
+            }[self.place]
+            return f"{where}; {self.lib} is an {machine} library"
+        native = self._native()
+        if native is None:
+            what = f"{machine} libraries" if machine else f"lite:{self.place}"
+            return (
+                f"no native runner for {what} is provisioned here: run `bisect-lite setup lite` (it builds the "
+                "runner of runners/ for ARM kernels under QEMU and for OpenCL kernels on this machine)"
+            )
+        runner = Path(native["runner"])
+        if not runner.is_file():
+            return f"the native runner {runner} is missing: rerun `bisect-lite setup lite --force`"
+        launcher = [str(a) for a in native.get("launcher") or []]
+        if launcher:
+            if not (Path(launcher[0]).is_file() if os.sep in launcher[0] else shutil.which(launcher[0])):
+                return f"{launcher[0]} is missing: ARM kernels run under QEMU user-mode emulation here ({INSTALL_QEMU})"
+            sysroot = launcher[launcher.index("-L") + 1] if "-L" in launcher[:-1] else None
+            if sysroot and not Path(sysroot).is_dir():
+                return f"the aarch64 C/C++ runtime {sysroot} that QEMU needs is missing ({INSTALL_AARCH64_RUNTIME})"
+        info, log = self.runner_info()
+        library = f" with lib={self.lib}" if self.lib else ""
+        if not info:
+            return f"the native runner {runner.name}{library} does not start: {_startup_failure(log)}"
+        if self.place == "opencl" and not info.get("opencl_valid"):
+            return f"no usable OpenCL platform here (the runner found none{library}): {INSTALL_OPENCL}"
+        if self.lib is not None:
+            stated = str(info.get("paddle_lite_version") or "")
+            opt = self.opt_version()
+            if stated and opt not in ("unknown", "unavailable") and stated != opt:
+                return (
+                    f"lib={self.lib} is Paddle-Lite {stated} and opt is {opt}: .nb files load only in a runtime of "
+                    f"opt's release; build the library from {opt} (or pass opt=PATH of {stated})"
+                )
+        if self.place == "opencl" and self.precision == "fp16" and self.used_precision != "fp16":
+            device = self._device().get("opencl_device") or info.get("opencl_device") or "this OpenCL device"
+            return (
+                f"precision=fp16: {device} has no cl_khr_fp16, and Paddle-Lite aborts when fp16 is asked for "
+                "there; use precision=auto or fp32 here (fp16 kernels need a device with fp16)"
+            )
+        return None
+
+    def runner_info(self) -> tuple[dict[str, Any], str]:
+        """The native runner's `--info` here (with `lib=`: on a probe model, which states the library's
+        release), once per engine: ({} and its log when it does not start)."""
+        if self._info is None:
+            executor = self._local_executor()
+            if self.lib is None:
+                self._info = executor.info()
+            else:
+                with tempfile.TemporaryDirectory(prefix="bisect-lite-probe-") as tmp:
+                    try:
+                        nb = self._probe_nb(Path(tmp))
+                    except (OptCrash, RuntimeError) as exc:
+                        return {}, f"opt cannot convert the probe model: {exc}"
+                    self._info = executor.info(nb)
+        return self._info
+
+    def _probe_nb(self, directory: Path) -> Path:
+        from bisect_lite.lite_env import write_probe_model
+
+        write_probe_model(directory / "probe")
+        self._run_opt(directory / "probe", "naive_buffer", directory / "probe-model", None)
+        return directory / "probe-model.nb"
 
     def version(self) -> str:
         return f"opt {self.opt_version()}"
 
     def cache_key(self) -> str:
         """Conversions depend on the opt program, not only on its version string: another opt of the same release
-        (a rebuilt one with a fixed pass, another environment's) must not reuse these conversions."""
+        (a rebuilt one with a fixed pass, another environment's) must not reuse these conversions. The valid
+        targets and the library (its sha256) are part of it: a fixed library never reuses a broken one's results."""
         program = self._opt_program()
         if program is None:
             return super().cache_key()
@@ -235,20 +452,52 @@ class LiteEngine(Engine):
             identity = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
         except OSError:
             identity = str(path)
-        return f"{super().cache_key()}|{identity}"
+        library = self._library()
+        runtime = f"|{self.valid_targets}|{self.used_precision}" + (f"|lib {file_sha256(library)}" if library else "")
+        return f"{super().cache_key()}|{identity}{runtime}"
+
+    def _library(self) -> Path | None:
+        """The library the native runner runs with here (None for the other transports)."""
+        if self.lib is not None or not self.runs_native_here:
+            return self.lib
+        native = self._native() or {}
+        return Path(native["lib"]) if native.get("lib") else None
 
     def facts(self) -> dict[str, Any]:
-        return {
+        facts: dict[str, Any] = {
             "engine": str(self.spec),
             "place": self.place,
-            "valid_targets": VALID_TARGETS[self.place],
+            "valid_targets": self.valid_targets,
             "precision": self.precision if self.place == "opencl" else "fp32",
             "tune": self.tune,
             "opt_version": self.opt_version(),
-            "transport": "adb" if self.adb else ("ssh" if self.ssh else "python"),
-            **({"lite_env": str(self.lite_env.root)} if self.lite_env and not (self.adb or self.ssh) else {}),
-            **self._runtime,
+            "transport": self.transport,
         }
+        if self.lite_env and not (self.adb or self.ssh):
+            facts["lite_env"] = str(self.lite_env.root)
+        library = self._library()
+        if library is not None and library.exists():
+            facts.update(library=str(library), library_sha256=file_sha256(library))
+        if self.runs_native_here:
+            facts.update(self._native_facts())
+        return {**facts, **self._runtime}
+
+    def _native_facts(self) -> dict[str, Any]:
+        """What the kernels ran on here: the precision used, the runner, QEMU and the CPU it showed, the OpenCL
+        platform and device and their fp16 support, and what the kernel caches saved."""
+        native = self._native() or {}
+        device = self._device()
+        facts: dict[str, Any] = {"precision_used": self.used_precision, "runner": native.get("runner")}
+        if self.transport == "qemu":
+            facts["emulator"] = device.get("emulator") or _tool_version(str((native.get("launcher") or ["?"])[0]))
+            facts["cpu"] = device.get("cpu") or "unknown"
+        if self.place == "opencl":
+            for key in ("opencl_platform", "opencl_device", "opencl_fp16"):
+                if key in device:
+                    facts[key] = device[key]
+        if self._kernels is not None:
+            facts.update(self._kernels.facts())
+        return facts
 
     # ---- conversion ------------------------------------------------------------------------------------
     def opt_version(self) -> str:
@@ -307,7 +556,7 @@ class LiteEngine(Engine):
             *self._opt_argv(program),
             f"--model_file={model_dir / 'model.pdmodel'}",
             f"--param_file={model_dir / 'model.pdiparams'}",
-            f"--valid_targets={VALID_TARGETS[self.place]}",
+            f"--valid_targets={self.valid_targets}",
             f"--optimize_out_type={kind}",
             f"--optimize_out={tmp}",
         ]
@@ -339,17 +588,16 @@ class LiteEngine(Engine):
             return RunResult("crash", seconds=time.perf_counter() - start, message=f"conversion: {exc}")
         left = max(timeout - (time.perf_counter() - start), 1.0)
         cache_name = job.work_dir.name  # unique per model and engine: per-model OpenCL caches
-        result = self._run_adb(nb, job, left, cache_name) if self.adb else self._run_worker(nb, job, left, cache_name)
+        if self.adb or self.runs_native_here:
+            result = self._run_native(nb, job, left, cache_name)
+        else:
+            result = self._run_worker(nb, job, left, cache_name)
         if result.ok:
             self._check_version(result.info.get("paddle_lite_version"))
-        elif VERSION_WARNING in result.message:
-            # The runtime logs "version of current Paddle-Lite:vX" right after the warning.
-            found = re.search(r"version of current Paddle-Lite:\s*(\S+)", result.message)
-            runtime = found.group(1) if found else "of another release"
-            raise EngineUnavailable(
-                f"the Paddle-Lite runtime {runtime} refuses .nb files from opt {self.opt_version()} (it warns: "
-                f"'{VERSION_WARNING}' and then fails): use the opt of the runtime's release (opt=PATH)"
-            )
+        else:
+            refusal = self._version_refusal(result.message)
+            if refusal:
+                raise EngineUnavailable(refusal)
         return result
 
     def _check_version(self, runtime: str | None) -> None:
@@ -362,6 +610,21 @@ class LiteEngine(Engine):
                 f"Paddle-Lite runtime {runtime} differs from opt {opt}: .nb files only load in the runtime of the "
                 "same version; use the opt of the same release (opt=PATH)"
             )
+
+    def _version_refusal(self, text: str) -> str | None:
+        """The runtime warned that opt is of another release and then failed: that is the environment, not an op.
+        A library that states no release at all (an empty version, e.g. a source build) warns too: not a refusal."""
+        if VERSION_WARNING not in text:
+            return None
+        # The runtime logs "version of current Paddle-Lite:vX" right after the warning.
+        found = re.search(r"version of current Paddle-Lite:([^\n]*)", text)
+        runtime = found.group(1).strip() if found else "of another release"
+        if not runtime:
+            return None
+        return (
+            f"the Paddle-Lite runtime {runtime} refuses .nb files from opt {self.opt_version()} (it warns: "
+            f"'{VERSION_WARNING}' and then fails): use the opt of the runtime's release (opt=PATH)"
+        )
 
     # -- python worker, locally or over ssh
     def _check_runtime(self, info: dict[str, Any]) -> None:
@@ -407,7 +670,7 @@ class LiteEngine(Engine):
     def _scp(self, sources: list[str], dest: str, timeout: float = 300) -> None:
         proc = subprocess.run(["scp", "-q", "-r", *sources, dest], capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise RuntimeError(f"scp failed: {_tail(proc.stderr)}")
+            raise RuntimeError(f"scp failed: {tail_lines(proc.stderr)}")
 
     def _run_worker(self, nb: Path, job: Job, timeout: float, cache_name: str) -> RunResult:
         request = {
@@ -467,11 +730,11 @@ class LiteEngine(Engine):
             return
         proc = self._ssh(f"mkdir -p {shlex.quote(self.device_dir)}")
         if proc.returncode != 0:  # an unreachable board is no verdict on the model
-            raise EngineUnavailable(f"engine {self.spec}: cannot use the board {self.ssh}: {_tail(proc.stderr)}")
+            raise EngineUnavailable(f"engine {self.spec}: cannot use the board {self.ssh}: {tail_lines(proc.stderr)}")
         self._scp([str(WORKER_SCRIPT)], f"{self.ssh}:{self.device_dir}/lite_worker.py")
         self._remote_ready = True
 
-    # -- Android over adb
+    # -- the native runner: here (QEMU, this machine's OpenCL) or on a phone over adb
     def _runner_path(self) -> str:
         # Where runners/android/build.sh leaves the runner and the libraries it needs.
         dist = Path(__file__).resolve().parents[2] / "runners" / "android" / "build" / "android-arm64-v8a" / "dist"
@@ -480,112 +743,197 @@ class LiteEngine(Engine):
     def _libs_dir(self) -> Path:
         return Path(self.option("libs") or Path(self._runner_path()).parent)
 
-    def _adb(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        serial = ["-s", self.option("serial") or ""] if self.option("serial") else []
-        return subprocess.run(["adb", *serial, *args], capture_output=True, text=True, timeout=timeout)
-
-    def _adb_ok(self, *args: str, timeout: float = 120) -> str:
-        proc = self._adb(*args, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"adb {' '.join(args[:2])} failed: {_tail(proc.stderr + proc.stdout)}")
-        return proc.stdout
-
-    def _prepare_device(self) -> None:
-        if self._remote_ready:
-            return
-        d = self.device_dir
-        self._adb_ok("shell", f"mkdir -p {d}")
-        self._adb_ok("push", self._runner_path(), f"{d}/bisect_lite_runner")
-        self._adb_ok("shell", f"chmod 755 {d}/bisect_lite_runner")
-        for lib in sorted(self._libs_dir().glob("*.so")):
-            self._adb_ok("push", str(lib), f"{d}/{lib.name}")
-        model = self._adb("shell", "getprop ro.product.model").stdout.strip()
-        release = self._adb("shell", "getprop ro.build.version.release").stdout.strip()
-        info = self._adb("shell", f"cd {d} && LD_LIBRARY_PATH=. ./bisect_lite_runner --info")
-        self._runtime.update(device_model=model, android=release)
-        with contextlib.suppress(ValueError):
-            self._runtime.update(
-                {
-                    k: v
-                    for k, v in json.loads(info.stdout.strip().splitlines()[-1]).items()
-                    if k in ("opencl_valid", "opencl_fp16_valid", "device", "gpu", "driver")
-                }
+    def _local_executor(self) -> LocalExecutor:
+        """The provisioned runner of this place (or of lib='s machine), with the library swapped in for lib=."""
+        if not isinstance(self._executor, LocalExecutor):
+            native = self._native()
+            if native is None:
+                raise EngineUnavailable(f"engine {self.spec}: {self._native_here_problem()}")
+            lib_dir = None
+            if self.lib is not None:
+                # The runner's RUNPATH yields to LD_LIBRARY_PATH: a private directory holding only this library.
+                self._log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="bisect-lite-lite-"))
+                lib_dir = self._log_dir / "lib"
+                lib_dir.mkdir(exist_ok=True)
+                link = lib_dir / LIBRARY
+                link.unlink(missing_ok=True)
+                link.symlink_to(self.lib)
+            env = self._kernel_cache().env() if self.place == "opencl" else {}
+            self._executor = LocalExecutor(
+                Path(native["runner"]), [str(a) for a in native.get("launcher") or []], lib_dir, env
             )
-        self._remote_ready = True
+        return self._executor
 
-    def _run_adb(self, nb: Path, job: Job, timeout: float, cache_name: str) -> RunResult:
-        start = time.perf_counter()
-        try:
-            self._prepare_device()
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            raise EngineUnavailable(f"engine {self.spec}: the phone is not usable: {exc}") from None
-        local_in = job.outputs_file.parent / "in"
-        local_out = job.outputs_file.parent / "out"
-        for stale in (local_in, local_out):  # a job directory retried by the runner: never pull into old files
-            shutil.rmtree(stale, ignore_errors=True)
-        local_in.mkdir()
-        with np.load(job.inputs_file, allow_pickle=False) as data:
-            for i, name in enumerate(job.feeds):
-                np.save(local_in / f"{i}.npy", data[name])
-        (local_in / "names.txt").write_text("".join(f"{n}\n" for n in job.feeds))
-        run_dir = f"{self.device_dir}/run-{uuid.uuid4().hex[:12]}"
-        d = self.device_dir
-        command = (
-            f"cd {d} && LD_LIBRARY_PATH=. ./bisect_lite_runner --model {run_dir}/model.nb --inputs {run_dir}/in "
-            f"--outputs {run_dir}/out --precision {self.precision} --tune {self.tune} --threads {self.threads} "
-            f"--runs {self.runs} --cl-cache {d}/opencl-cache/{cache_name}.bin"
-            + (f" --tune-file {d}/opencl-cache/{cache_name}.tune" if self.tune != "none" else "")
-        )
-        try:
-            self._adb_ok("shell", f"mkdir -p {run_dir} {d}/opencl-cache")
-            self._adb_ok("push", str(nb), f"{run_dir}/model.nb")
-            self._adb_ok("push", str(local_in), f"{run_dir}/in")
+    def _phone(self) -> AdbExecutor:
+        if not isinstance(self._executor, AdbExecutor):
+            libs = [(p, p.name) for p in sorted(self._libs_dir().glob("*.so"))]
+            if self.lib is not None:  # lib= replaces the library; the rest of libs= (libc++_shared.so) still goes
+                libs = [(self.lib, LIBRARY), *(lib for lib in libs if lib[1] != LIBRARY)]
+            self._executor = AdbExecutor(Path(self._runner_path()), libs, self.device_dir, self.option("serial"))
+        return self._executor
+
+    def _kernel_cache(self) -> KernelCache:
+        if self._kernels is None:
+            library = self._library()
+            device = self._device()
+            tag = f"{device.get('opencl_platform')}|{device.get('opencl_device')}"
+            owner = file_sha256(library)[:16] if library else "default"
+            key = f"{owner}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
+            self._kernels = KernelCache(kernel_cache_root(), key)
+        return self._kernels
+
+    def _runner_options(self, device_cache: str | None) -> list[str]:
+        # The requested precision: the runner decides auto from the device and reports what it used (checked).
+        options = ["--precision", str(self.precision), "--tune", self.tune]
+        options += ["--threads", str(self.threads), "--runs", str(self.runs)]
+        if device_cache:
+            options += ["--cl-cache", f"{device_cache}.bin"]
+            if self.tune != "none":
+                options += ["--tune-file", f"{device_cache}.tune"]
+        return options
+
+    def _run_native(self, nb: Path, job: Job, timeout: float, cache_name: str) -> RunResult:
+        if self.adb:
+            phone = self._phone()
             try:
-                proc = self._adb("shell", command, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self._adb("shell", "pkill -f bisect_lite_runner")
-                return RunResult(
-                    "timeout", seconds=time.perf_counter() - start, message=f"no result within {timeout:g} s"
+                phone.prepare()
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                raise EngineUnavailable(f"engine {self.spec}: the phone is not usable: {exc}") from None
+            self._runtime.update(phone.facts)
+            if self.place == "opencl" and phone.facts.get("opencl_valid") is False:  # the phone, not an op
+                raise EngineUnavailable(
+                    f"engine {self.spec}: no usable OpenCL on the phone (the runner's --info: opencl_valid false; "
+                    "a library built without OpenCL, or no GPU driver); lite:arm,adb runs its ARM kernels"
                 )
-            if proc.returncode != 0:
-                # adb shell returns the remote status; the shell reports death by signal N as 128 + N.
-                code = proc.returncode
-                what = describe_exit(-(code - 128) if 128 < code < 160 else code)
-                return RunResult(
-                    "crash",
-                    seconds=time.perf_counter() - start,
-                    message=f"runner {what}: {_tail(proc.stderr + proc.stdout)}",
-                )
-            self._adb_ok("pull", f"{run_dir}/out", str(local_out))
-        except RuntimeError as exc:
-            return RunResult("crash", seconds=time.perf_counter() - start, message=str(exc))
-        finally:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._adb("shell", f"rm -rf {run_dir}")
-        return self._collect_adb(local_out, job, time.perf_counter() - start)
+            executor: Executor = phone
+        else:
+            executor = self._local_executor()
+        in_dir, out_dir = job.outputs_file.parent / "in", job.outputs_file.parent / "out"
+        write_inputs(job.inputs_file, job.feeds, in_dir)
+        if self.adb or self.place != "opencl":
+            device_cache = f"{self.device_dir}/opencl-cache/{cache_name}" if self.adb else None
+            ended = executor.run(nb, in_dir, out_dir, self._runner_options(device_cache), timeout)
+            return self._runner_verdict(ended, job, out_dir)
+        # OpenCL here: kernels come from the caches, and a crash on a cached Paddle-Lite binary is retried without it.
+        cache = self._kernel_cache()
+        nb_sha = file_sha256(nb)
+        name = f"{nb_sha[:24]}-{cache.key}-{self.used_precision}"
+        for _attempt in range(2):
+            run = cache.begin(f"{name}.bin")
+            options = self._runner_options(str(run.private / name))
+            ended = executor.run(nb, in_dir, out_dir, options, timeout)
+            cache.end(run, ended.code == 0, nb_sha, ended.seconds)
+            if ended.code == 0 or not run.had_binary or ended.code is None:
+                break
+            cache.drop(run)
+        return self._runner_verdict(ended, job, out_dir)
 
-    @staticmethod
-    def _collect_adb(out: Path, job: Job, seconds: float) -> RunResult:
-        try:
-            info = json.loads((out / "info.json").read_text())
-            names = (out / "names.txt").read_text().splitlines()
-            arrays = [np.load(out / f"{i}.npy", allow_pickle=False) for i in range(len(names))]
-        except (OSError, ValueError) as exc:
-            return RunResult("crash", seconds=seconds, message=f"incomplete runner outputs ({exc})")
-        if len(arrays) != len(job.fetches):
-            return RunResult(
-                "crash", seconds=seconds, message=f"runner returned {len(arrays)} outputs, expected {len(job.fetches)}"
+    def _runner_verdict(self, ended: RunnerExit, job: Job, out_dir: Path) -> RunResult:
+        """The result of a runner process: outputs, a timeout, a crash with its reason, or (the machine failed,
+        not the model) EngineUnavailable."""
+        if ended.code is None:
+            return RunResult("timeout", seconds=ended.seconds, message=f"no result within {ended.seconds:.0f} s")
+        log = ended.log.replace(" [F ", "\n[F ")  # the runner's one-line error embeds Paddle-Lite's fatal line
+        if ended.code == 0:
+            info, why = read_outputs(out_dir, job.fetches, job.outputs_file)
+            if info is None:
+                return RunResult("crash", seconds=ended.seconds, message=why)
+            self._note_runtime(info, log)
+            return RunResult("ok", seconds=ended.seconds, info={"paddle_lite_version": info.get("paddle_lite_version")})
+        refusal = self._version_refusal(log)
+        if refusal:
+            raise EngineUnavailable(refusal)
+        if ended.code == 127 or any(marker in log for marker in ENVIRONMENT_FAILURES):
+            raise EngineUnavailable(f"engine {self.spec}: the native runner cannot start: {_startup_failure(log)}")
+        if ended.code == 5:  # the runner refused a precision the OpenCL device cannot run (fp16 without fp16)
+            raise EngineUnavailable(f"engine {self.spec}: {_startup_failure(log)}")
+        if ended.code == 2:  # the runner's usage error: the protocol, never the model
+            raise EngineUnavailable(f"engine {self.spec}: the native runner refused its job: {_startup_failure(log)}")
+        stage = "build" if "cannot load model" in log else "run"
+        details = crash_details(log, ended.code, stage, "runtime")
+        return RunResult("crash", seconds=ended.seconds, message=details["message"], info=details)
+
+    def _note_runtime(self, info: dict[str, Any], log: str) -> None:
+        """Facts only a run shows (the runner's info.json): the library's stated release, the library really
+        loaded, the OpenCL device and the precision it ran at, the CPU Paddle-Lite saw. A run on another library
+        or at another precision than the engine states is the environment's fault: EngineUnavailable."""
+        if not info.get("paddle_lite_version"):
+            self._runtime["paddle_lite_version"] = "not stated by the library (GetVersion() is empty)"
+        if self.adb:
+            used = info.get("precision_used")
+            if self.place == "opencl" and used and used != self.used_precision:
+                # precision=auto is judged as fp16 (nearly every phone); this phone's GPU has no cl_khr_fp16.
+                raise EngineUnavailable(
+                    f"engine {self.spec}: the phone's OpenCL device ran {used}, and this engine is judged as "
+                    f"{self.used_precision}: pass precision={used} so that it is judged as what it computes"
+                )
+            return
+        loaded, library = info.get("library"), self._library()
+        if loaded and library is not None and Path(loaded).resolve() != library.resolve():
+            raise EngineUnavailable(
+                f"engine {self.spec}: the runner loaded {loaded}, not {library} (LD_LIBRARY_PATH or the runner's "
+                "RUNPATH picked another library): rerun `bisect-lite setup lite --force`"
             )
-        np.savez(job.outputs_file, **dict(zip(job.fetches, arrays, strict=True)))
-        return RunResult("ok", seconds=seconds, info={"paddle_lite_version": info.get("paddle_lite_version")})
+        if self.place == "opencl":
+            for key in ("opencl_platform", "opencl_device", "opencl_fp16"):
+                if info.get(key) is not None:
+                    self._runtime[key] = info[key]
+            used = info.get("precision_used")
+            if used and used != self.used_precision:
+                raise EngineUnavailable(
+                    f"engine {self.spec}: the OpenCL device ran {used}, and setup recorded it as running "
+                    f"{self.used_precision} (opencl_fp16 {self._device().get('opencl_fp16')}): rerun "
+                    "`bisect-lite setup lite --force`"
+                )
+        cpu = _cpu_seen(log)
+        if cpu:
+            self._runtime["paddle_lite_cpu"] = cpu
 
     def close(self) -> None:
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
         if self._log_dir is not None:
             shutil.rmtree(self._log_dir, ignore_errors=True)
             self._log_dir = None
+
+
+def _startup_failure(log: str) -> str:
+    """The line that says why a runner did not start or refused its job: its own error line (`bisect_lite_runner:
+    error|runtime failure|unsupported precision: ...`; Paddle-Lite logs around it), else Paddle-Lite's fatal line."""
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    own = [ln.split(": ", 1)[1] for ln in lines if ln.startswith(f"{RUNNER}: ")]
+    fatal = _fatal_line(lines)
+    if fatal or own:
+        return fatal or own[-1]
+    for line in reversed(lines):
+        if "error" in line.lower() or "failure" in line.lower() or "cannot" in line.lower():
+            return line
+    return lines[-1] if lines else "no output"
+
+
+def _cpu_seen(log: str) -> str | None:
+    """How Paddle-Lite's ARM library classified the CPU (its log: `CPU ARCH: A55`; `A-1` is an unknown core, as
+    under QEMU, which shows the host's /proc/cpuinfo: dot-product and fp16 paths stay off)."""
+    arches = re.findall(r"CPU ARCH: (\S+)", log)
+    if not arches:
+        return None
+    unknown = " (unknown to Paddle-Lite: dot-product and ARM fp16 paths off)" if set(arches) == {"A-1"} else ""
+    return f"CPU ARCH {', '.join(dict.fromkeys(arches))} on {len(arches)} cores{unknown}"
+
+
+@functools.lru_cache(maxsize=8)
+def _tool_version(program: str) -> str:
+    """The first line of `PROGRAM --version` (e.g. QEMU's), or "unknown"."""
+    try:
+        proc = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    lines = proc.stdout.strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
 
 
 # ---- crash reasons -----------------------------------------------------------------------------------------
@@ -629,6 +977,13 @@ def parse_log_line(line: str) -> tuple[str, str] | None:
     where = (match["where"] or "").strip().rsplit("/", 1)[-1]
     message = match["message"].strip()
     return match["severity"], f"{message} ({where})" if where and message else message
+
+
+def _is_chatter(line: str) -> bool:
+    """An info or warning log line (`[I ... ~CLRuntime] is_cl_runtime_initialized_:1`, logged by destructors after
+    the real error): never the reason a process failed."""
+    parsed = parse_log_line(line)
+    return parsed is not None and parsed[0] in "IW"
 
 
 def _fatal_line(lines: list[str]) -> str | None:
@@ -705,7 +1060,7 @@ def crash_details(text: str, code: int | None, stage: str, where: str) -> dict[s
     if frames:
         message += f"; in {' <- '.join(frames[:3])}"
     if not fatal and not frames:
-        last = next((ln.strip() for ln in reversed(lines) if not ln.startswith(STAGE_MARK)), "")
+        last = next((ln.strip() for ln in reversed(lines) if not (ln.startswith(STAGE_MARK) or _is_chatter(ln))), "")
         message += f": {last}" if last else " without a message"
     details: dict[str, Any] = {"stage": stage, "crashed_in": where, "fatal": fatal, "frames": frames}
     if code is not None and code < 0:

@@ -172,12 +172,10 @@ class OnnxRuntimeEngine(Engine):
     def __init__(self, spec: Any) -> None:
         super().__init__(spec)
         self.opset = self.int_option("opset", DEFAULT_OPSET)
-        self.threads = self.int_option("threads", 1)
+        self.threads = self.int_option("threads", 1, minimum=1)
         # paddle2onnx 2.1.0 aborts the process (SIGABRT) outside this range: refuse it here instead.
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
             raise InputError(f"engine {spec}: opset={self.opset} is outside {MIN_OPSET}..{MAX_OPSET}")
-        if self.threads < 1:
-            raise InputError(f"engine {spec}: threads must be at least 1")
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

@@ -25,6 +25,10 @@ class PaddleEngine(Engine):
             return "paddlepaddle is not installed (pip install paddlepaddle)"
         return None
 
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.threads = self.int_option("threads", 1, minimum=1)
+
     def version(self) -> str:
         return f"paddlepaddle {package_version('paddlepaddle') or package_version('paddlepaddle-gpu') or '?'}"
 
@@ -33,7 +37,7 @@ class PaddleEngine(Engine):
 
         config = pi.Config(str(model_dir / "model.pdmodel"), str(model_dir / "model.pdiparams"))
         config.disable_gpu()
-        config.set_cpu_math_library_num_threads(self.int_option("threads", 1))
+        config.set_cpu_math_library_num_threads(self.threads)
         config.disable_glog_info()
         if self.optimise:
             config.switch_ir_optim(True)

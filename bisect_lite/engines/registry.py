@@ -69,25 +69,63 @@ def _paddle_lite_facts() -> dict[str, Any]:
     return describe_lite_env(find_lite_env())
 
 
-HOST_HINT = "--ref paddle --target fp16 emulates OpenCL fp16 storage on this machine"
+REAL_KERNELS = ("lite:arm", "lite:opencl")  # the defaults where real ARM and OpenCL kernels run
+HOST_DEFAULTS = ("paddle", "fp16")  # otherwise: Paddle Inference against the fp16 emulation of OpenCL storage
 
 
-def resolve_engines(ref: str | None, target: str | None) -> tuple[str, str]:
-    """Default to the Paddle-Lite pair (ARM reference, OpenCL target) when a Paddle-Lite runtime is reachable."""
+def check_spec(spec: str) -> None:
+    """Parse an engine spec and validate its options now (exit 2 on a bad one), before anything runs."""
+    create_engine(spec).close()
+
+
+def resolve_engines(ref: str | None, target: str | None) -> tuple[str, str, str | None]:
+    """The engines of `run`/`compare` and, when a default filled one in, a line saying which and why. Real ARM
+    kernels (QEMU) against real OpenCL kernels when `bisect-lite setup lite` provisioned both and they work here;
+    otherwise Paddle Inference against the fp16 emulation. Given specs are validated here, before any run."""
+    for spec in (ref, target):
+        if spec:
+            check_spec(spec)
     if ref and target:
-        return ref, target
-    from bisect_lite.errors import EngineUnavailable
-
-    reason = create_engine("lite:opencl").problem()
-    if reason is None:
-        return ref or "lite:arm", target or "lite:opencl"
-    if target:
-        return "paddle", target
-    usable = [row["name"] for row in list_engines() if row["available"]]
-    raise EngineUnavailable(
-        f"no --target given and no Paddle-Lite runtime is reachable ({reason}); available engines: "
-        f"{', '.join(usable)}. Pass --ref/--target, e.g. {HOST_HINT}, or see `bisect-lite engines`"
+        return ref, target, None
+    why_not = real_kernels_problem()
+    pair = HOST_DEFAULTS if why_not else REAL_KERNELS
+    chosen_target = target or pair[1]
+    # Real ARM is the reference of a Paddle-Lite target; any other target (fp16, cmd:, onnxruntime) is held
+    # against Paddle Inference, as before real kernels ran here.
+    chosen_ref = ref or (REAL_KERNELS[0] if not why_not and chosen_target.startswith("lite:") else HOST_DEFAULTS[0])
+    filled = " ".join(
+        f"{flag} {spec}"
+        for flag, spec, given in zip(("--ref", "--target"), (chosen_ref, chosen_target), (ref, target), strict=True)
+        if not given
     )
+    if why_not:
+        note = f"defaults {filled}: real ARM and OpenCL kernels are not available here ({why_not})"
+    elif {chosen_ref, chosen_target} == set(REAL_KERNELS):
+        note = f"defaults {filled}: real ARM kernels under QEMU against real OpenCL kernels on this machine"
+    else:
+        note = f"defaults {filled}: Paddle Inference is the reference of a target that is not Paddle-Lite"
+    return chosen_ref, chosen_target, note
+
+
+def real_kernels_problem() -> str | None:
+    """Why `lite:arm` and `lite:opencl` do not both run on real kernels here (None when they do)."""
+    from bisect_lite.engines.lite import LiteEngine
+    from bisect_lite.lite_env import find_lite_env
+
+    env = find_lite_env()
+    if env is None or not {"arm", "opencl"} <= set(env.runs):
+        return "not provisioned: `bisect-lite setup lite`"
+    for spec in REAL_KERNELS:
+        engine = create_engine(spec)
+        try:
+            assert isinstance(engine, LiteEngine)
+            reason = None if engine.runs_native_here else "no native runner recorded"
+            reason = reason or engine.problem()
+        finally:
+            engine.close()
+        if reason:
+            return f"{spec}: {reason}"
+    return None
 
 
 def default_tolerance(target: str, declared: str | None = None) -> Tolerance:

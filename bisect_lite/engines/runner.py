@@ -10,8 +10,10 @@ import stat
 import tempfile
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +21,8 @@ from bisect_lite.cache import Cache
 from bisect_lite.engines.base import Engine, Job, RunResult
 from bisect_lite.engines.registry import create_engine
 from bisect_lite.engines.worker import Worker, WorkerDied
-from bisect_lite.errors import EngineUnavailable
-from bisect_lite.model import Model
+from bisect_lite.errors import BisectLiteError, EngineUnavailable
+from bisect_lite.model import Model, truncate
 from bisect_lite.npz import BadNpz, NpzReader
 
 DEFAULT_TIMEOUT = 120.0
@@ -81,6 +83,26 @@ def check_outputs_file(path: Path, fetches: list[str], limit: int | None = None)
     return reader
 
 
+@dataclass
+class Observed:
+    """Runs that returned many tensors (`EngineRunner.observe`), left on disk: each batch of names and the reader
+    of its file."""
+
+    batches: list[tuple[list[str], NpzReader]] = field(default_factory=list)
+    crashed: str = ""  # the first run that failed (its batch is left out)
+
+    def stream(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, value) in run order, one array read at a time."""
+        for names, reader in self.batches:
+            for name in names:
+                yield name, reader[name]
+
+    def remove(self) -> None:
+        for _, reader in self.batches:
+            reader.close()
+            reader.path.unlink(missing_ok=True)
+
+
 class EngineRunner:
     """One engine, its worker process (started lazily, restarted after a crash) and the cache."""
 
@@ -115,6 +137,7 @@ class EngineRunner:
         self.engine_seconds = 0.0
         self.peak_rss = 0  # bytes: the highest VmHWM of this engine's worker processes (0: no worker)
         self._key = self.engine.cache_key()
+        self._described: tuple[str, dict[str, Any] | None] | None = None  # describe_target of the last model
 
     @property
     def spec(self) -> str:
@@ -186,6 +209,20 @@ class EngineRunner:
         shutil.rmtree(job_dir, ignore_errors=True)  # a long search must not fill the disk with job files
         return result
 
+    def observe(self, model: Model, batches: list[list[str]], values: Any, label: str) -> Observed:
+        """One run per batch of tensor names (the model truncated to them, fed from `values`: the reference), each
+        result left on disk in the scratch directory (not in the result cache: hundreds of MB on a real model), to be
+        read one tensor at a time and removed by the caller."""
+        observed = Observed()
+        for i, names in enumerate(batches):
+            sub = truncate(model, names)
+            result = self.run(sub, values.get_many(sub.feeds), keep=self.scratch / f"{label}-{i}.npz", load=False)
+            if not result.ok or result.stored is None:
+                observed.crashed = observed.crashed or f"{result.status}: {result.message}"
+                continue
+            observed.batches.append((names, result.stored))
+        return observed
+
     def _execute(self, job: Job) -> RunResult:
         if not self.engine.isolated:
             return self.engine.execute(job, self.timeout)
@@ -243,6 +280,26 @@ class EngineRunner:
             self.cache.model_dir(model), self.cache.prepared_dir(model, self._key)
         )
         return load_model(directory, with_params=False) if directory else None
+
+    def kernels(self, model: Model, ops: list[int] | None = None) -> dict[str, Any] | None:
+        """Which kernel (the target's own place or a host fallback) runs each op, from the optimised program:
+        counts for the model and rows for `ops` (report/kernels.py); None when the engine cannot tell."""
+        from bisect_lite.model.describe import describe_target
+        from bisect_lite.report.kernels import kernel_facts
+
+        place = getattr(self.engine, "place", None)
+        if not place:
+            return None
+        if self._described is None or self._described[0] != model.fingerprint:
+            try:
+                optimized = self.optimized_program(model)
+            except (RuntimeError, OSError, BisectLiteError):  # opt cannot convert it: the verdict says so already
+                return None
+            described = describe_target(model, optimized, self.spec) if optimized is not None else None
+            self._described = (model.fingerprint, described)
+        described = self._described[1]
+        used = getattr(self.engine, "used_precision", None)
+        return kernel_facts(described, place, ops, used) if described else None
 
     def close(self) -> None:
         self.engine.close()

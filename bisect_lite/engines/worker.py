@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import selectors
 import signal
 import subprocess
@@ -54,6 +55,40 @@ def kill_all_children() -> None:
 
 
 atexit.register(kill_all_children)
+
+
+def run_in_group(
+    argv: list[str], log: Path, timeout: float, *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> int:
+    """Run a program in its own process group, stdout and stderr into `log`; its exit status (negative: signal).
+    The whole group is killed when it exits or times out (subprocess.TimeoutExpired): nothing it started outlives
+    the run. OSError when it cannot start."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, cwd=cwd, env=env
+        )
+    track_group(proc.pid)
+    try:
+        return _wait(proc, timeout)
+    finally:
+        # Not reaped yet (pidfd wait), so the group id cannot have been reused: kill what is left of it.
+        kill_group(proc.pid)
+        proc.wait()
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> int:
+    """Wait for exit without polling (Popen.wait(timeout) sleeps in steps of up to 50 ms, per run)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    if not ready:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+    return proc.wait()
 
 
 def tail(path: Path, limit: int = 1500) -> str:

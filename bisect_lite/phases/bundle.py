@@ -21,6 +21,7 @@ def culprit_entry(
     and the isolated metrics read it); `repro`: what the bundle holds (shrunk inputs; default `confirmed`), whose
     ops, kind and notes the entry describes -- after delta debugging they may differ from where the search
     pointed."""
+    from bisect_lite.fp16_range import op_range, reader
     from bisect_lite.report.diagnose import diagnose
 
     repro = repro or confirmed
@@ -38,6 +39,9 @@ def culprit_entry(
         if p.segment == found["segment"] and (e := worst_error(p.comparison)) is not None
     ]
     status = "crash" if found["status"] == "crash" else "ok"
+    # What the culprit's true values reach (its reference inputs and outputs at full size): tells an fp16 overflow
+    # or underflow from a NaN/inf or kernel bug.
+    known = {**(confirmed.get("inputs") or {}), **(confirmed.get("expected") or {})}
     diag = diagnose(
         ref_arr,
         tgt_arr,
@@ -49,6 +53,7 @@ def culprit_entry(
         nondeterministic=nondet,
         message=confirmed.get("message") or last_message(ctx),
         op={"type": op.type, "inputs": op.inputs, "outputs": op.outputs, "attrs": model.op_attrs(op.index)},
+        fp16_range=op_range(model, op.index, reader(known)) if status == "ok" else None,
     )
     ops = list(repro.get("ops") or [op.index])
     notes = list(repro.get("tried", []))

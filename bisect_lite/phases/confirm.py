@@ -13,44 +13,23 @@ on further runs, one per batch of the reference dump.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from bisect_lite.compare import Comparison, compare_tensor, quick_compare
 from bisect_lite.engines.base import RunResult
-from bisect_lite.errors import InputError
-from bisect_lite.model import Model, truncate
-from bisect_lite.npz import NpzReader
+from bisect_lite.engines.runner import Observed
+from bisect_lite.model import Model
 from bisect_lite.phases.context import RunContext
-from bisect_lite.precision import DeepCheck, deep_check
+from bisect_lite.precision import DeepCheck, deep_check, fused_away
 from bisect_lite.preflight import check_target_runs, garbage_output, nonfinite_warnings, one_line
 from bisect_lite.reference import estimated_bytes, plan_batches
 from bisect_lite.search import ProbeOutcome, Status, expected_probes
 
 # The detail of a whole-model outcome whose blame comes from judging every tensor: the search checks it first.
 EVERY_TENSOR = "every tensor judged"
-
-
-@dataclass
-class Observed:
-    """Target runs that returned many tensors, left on disk: each batch of names and the reader of its file."""
-
-    batches: list[tuple[list[str], NpzReader]] = field(default_factory=list)
-    crashed: str = ""  # the first run that failed (its batch is left out)
-
-    def stream(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(name, the target's value) in run order, one array read at a time."""
-        for names, reader in self.batches:
-            for name in names:
-                yield name, reader[name]
-
-    def remove(self) -> None:
-        for _, reader in self.batches:
-            reader.close()
-            reader.path.unlink(missing_ok=True)
 
 
 def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutcome, bool]:
@@ -111,7 +90,7 @@ def observe_every_tensor(
     runs then decide: a target that crashes only when asked for more is not what the search assumes)."""
     model, budget = ctx.model, ctx.options.max_memory
     fetches = list(model.fetches)
-    hidden = set(fused_away(ctx))
+    hidden = set(fused_away(ctx.model, ctx.target))
     inner = [t for _, t in model.data_tensors() if t in ctx.values and t not in hidden and t not in model.fetches]
     names = [*inner, *fetches]  # the outputs last, so one file holds them
     total = sum(estimated_bytes(model, t) for t in names)
@@ -126,7 +105,7 @@ def observe_every_tensor(
         return None
     ctx.events("phase", {"name": "target", "detail": f"{ctx.target.spec} observing every tensor"})
     with ctx.phase("confirm"):
-        observed = run_batches(ctx, batches, "every")
+        observed = ctx.target.observe(ctx.model, batches, ctx.values, "every")
     if observed.crashed:
         observed.remove()
         ctx.notes.append(
@@ -159,34 +138,6 @@ def observe_every_tensor(
     return outcome, bool(differ)
 
 
-def run_batches(ctx: RunContext, batches: list[list[str]], label: str) -> Observed:
-    """One target run per batch of names (the model truncated to them), each result left on disk."""
-    observed = Observed()
-    for i, names in enumerate(batches):
-        sub = truncate(ctx.model, names)
-        file = ctx.target.scratch / f"{label}-{i}.npz"
-        # keep/load=False: the outputs go straight to disk (not into the result cache: hundreds of MB on a real
-        # model) and are read one tensor at a time.
-        feeds = ctx.values.get_many(sub.feeds)
-        result = ctx.target.run(sub, feeds, keep=file, load=False)
-        if not result.ok or result.stored is None:
-            observed.crashed = observed.crashed or f"{result.status}: {result.message}"
-            continue
-        observed.batches.append((names, result.stored))
-    return observed
-
-
-def fused_away(ctx: RunContext) -> list[str]:
-    """Tensors the target never materialises (internal to its fused groups): fetching them would undo the fusion."""
-    from bisect_lite.model.fusion import fusion_groups
-
-    try:
-        optimized = ctx.target.optimized_program(ctx.model)
-    except (RuntimeError, InputError):
-        return []
-    return [t for g in fusion_groups(ctx.model, optimized) for t in g.internal] if optimized is not None else []
-
-
 def proves_engine_works(ctx: RunContext, check: DeepCheck) -> bool:
     """An op's output judged right on the target shows the engine runs here: no setup check is needed."""
     producers = ctx.model.producers
@@ -213,14 +164,10 @@ def check_every_tensor(ctx: RunContext, report: dict[str, Any], whole: ProbeOutc
     """Judge every dumped tensor under the precision model on one target run per batch of the reference dump (a
     saturating softmax or a normalisation can hide a kernel fault at the output). FAIL blames the earliest tensor
     beyond precision: the search starts there."""
-    hidden = set(fused_away(ctx))
-    batches: dict[str, list[str]] = {}
-    for name, file in ctx.values.index.items():
-        if name not in hidden:
-            batches.setdefault(file, []).append(name)
+    batches = ctx.values.batches(skip=fused_away(ctx.model, ctx.target))
     ctx.events("phase", {"name": "target", "detail": "judging every tensor under the precision model"})
     with ctx.phase("confirm"):
-        observed = run_batches(ctx, list(batches.values()), "every")
+        observed = ctx.target.observe(ctx.model, batches, ctx.values, "every")
     try:
         check = judge_every_tensor(ctx, observed)
     finally:

@@ -132,7 +132,10 @@ class RunContext:
         cmp = compare_outputs(expected, result.outputs, self.options.compare, names=names)
         if self.precision is not None:
             cmp = self.precision.judge_comparison(
-                cmp, self.expected_errors(expected, model, feeds), keep=self.options.compare.overrides
+                cmp,
+                self.expected_errors(expected, model, feeds),
+                keep=self.options.compare.overrides,
+                values=(expected, result.outputs),
             )
         if cmp.passed:
             return ProbeOutcome(Status.PASS), cmp

@@ -11,6 +11,7 @@ from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import frontier, truncate
 from bisect_lite.model.fusion import (
     FusedGroup,
+    OptimizedOp,
     cpu_placement_config,
     cut_positions,
     describe_group,
@@ -171,6 +172,10 @@ def placement_search(ctx: RunContext, whole: ProbeOutcome) -> dict[str, Any] | N
     expected = ctx.values.get_many(model.fetches)
     inputs = ctx.values.get_many(model.feeds)
 
+    def original_op(op: OptimizedOp) -> int | None:
+        """The last original op whose output this kernel writes (None: it writes none)."""
+        return max((model.producers[t] for t in op.outputs if t in model.producers), default=None)
+
     def probe_first(k: int) -> ProbeOutcome:
         moved = gpu[: k + 1]
         config = config_dir / f"cpu-first-{k + 1}.txt"
@@ -193,11 +198,16 @@ def placement_search(ctx: RunContext, whole: ProbeOutcome) -> dict[str, Any] | N
                 # Hunted status: "fixed". FAIL here means the output is right once ops 0..k left the GPU.
                 fixed = judged.status == Status.PASS
                 outcome = ProbeOutcome(Status.FAIL if fixed else Status.PASS)
-                message = "fixed" if fixed else (result.message or "still wrong")
+                message = f"{k + 1} OpenCL kernels moved to the CPU: " + (
+                    "output fixed" if fixed else (result.message or "still wrong")
+                )
         finally:
             place(None)
         seconds = time.perf_counter() - t0
-        ctx.record(Probe(-1, k, [op.outputs[0] for op in moved[-1:]], outcome, cmp, seconds, message))
+        # `cut`: the original op of the last moved kernel, so that the probe log and the error-vs-depth plot
+        # place the probe where the moved prefix ends (k itself counts OpenCL kernels, not ops).
+        last = original_op(moved[-1])
+        ctx.record(Probe(-1, k if last is None else last, list(moved[-1].outputs), outcome, cmp, seconds, message))
         return outcome
 
     ctx.events("search", {"segment": -1, "ops": len(gpu), "expected": expected_probes(len(gpu))})

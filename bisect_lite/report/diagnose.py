@@ -1,8 +1,8 @@
 """Name the fault behind a culprit op from its output arrays and the error-vs-depth curve.
 
 The verdict is a heuristic with its evidence attached, so a person can check it.  Patterns are tried from the
-most specific (a crash, fp16 overflow, NaN/inf, a permuted copy, a per-channel constant, errors only on the
-border, wrong integers) to the most generic (nondeterminism, precision drift vs a kernel bug from the depth
+most specific (a crash, fp16 overflow, NaN/inf, fp16 underflow, a permuted copy, a per-channel constant, errors
+only on the border, wrong integers) to the most generic (nondeterminism, precision drift vs a kernel bug from the depth
 curve, a plain numeric mismatch), and the first that fits wins.  Every pattern needs a real mismatch and a
 specific shape of it, so a correct output or unstructured noise falls through to ``numeric_mismatch``.
 """
@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from bisect_lite.compare import DEFAULT_TOLERANCE, TensorMetrics, Tolerance
+from bisect_lite.fp16_range import FP16_MAX, FP16_MIN_NORMAL, OVERFLOW, PINNED, UNDERFLOW, UNDERFLOW_SHARE, remedy
 
 KINDS = (
     "crash",
     "fp16_overflow",
     "nan_inf",
+    "fp16_underflow",
     "layout",
     "constant_per_channel",
     "border",
@@ -34,8 +36,8 @@ KINDS = (
 )
 CRASH_STATUSES = frozenset({"crash", "timeout"})
 
-FP16_MAX = 65504.0
-PINNED = FP16_MAX * 0.999  # a value this close to fp16 max was almost surely clamped/saturated
+UNDERFLOW_ERROR = 2.0**-12  # rel L2 the values below 2^-14 must cost before underflow explains a failure
+SUBNORMAL_STEP = 2.0**-24  # the spacing of fp16's subnormals: storing one moves it by at most half of this
 LAYOUT_MATCH = 1e-2  # rel L2 under which a permuted target "is" the reference (fp16 rounding is ~5e-4)
 CONST_RTOL = 1e-6  # per-channel std (relative to the tensor's scale) under which a channel is constant
 REF_VARIES_RTOL = 1e-3  # per-channel std above which a reference channel clearly varies
@@ -82,6 +84,7 @@ def diagnose(
     message: str = "",
     ref_inputs: Mapping[str, np.ndarray] | None = None,
     op: Mapping[str, Any] | None = None,
+    fp16_range: Mapping[str, Any] | None = None,
 ) -> Diagnosis:
     """Classify the culprit's fault.
 
@@ -90,6 +93,8 @@ def diagnose(
     isolated_rel_l2: the culprit alone, fed the reference engine's inputs.
     ref_inputs: the culprit's reference input values, if known (lets an overflow inside the op be recognised).
     op: the culprit's type, slots and attributes (`type`, `inputs`, `outputs`, `attrs`), shown beside a crash.
+    fp16_range: the culprit's range evidence (fp16_range.op_range: its inputs' max |x|, its accumulator), which
+    tells an fp16 overflow inside the op from a NaN/inf bug.
     """
     if status in CRASH_STATUSES:
         return _finish(_crash(status, message, op))
@@ -100,7 +105,10 @@ def diagnose(
         tol = _scaled_tolerance(tol, np.asarray(ref))
     found: Diagnosis | None = None
     if ref is not None and target is not None:
-        found = _array_patterns(np.asarray(ref), np.asarray(target), tol, ref_inputs)
+        facts = dict(fp16_range or {})
+        if op is not None and not facts.get("op_type"):
+            facts["op_type"] = op.get("type")
+        found = _array_patterns(np.asarray(ref), np.asarray(target), tol, ref_inputs, facts)
     elif metrics is not None:
         found = _metrics_nonfinite(metrics)
     if found is None and nondeterministic:
@@ -164,7 +172,11 @@ def _crash(status: str, message: str, op: Mapping[str, Any] | None = None) -> Di
 
 
 def _array_patterns(
-    r: np.ndarray, t: np.ndarray, tol: Tolerance, ref_inputs: Mapping[str, np.ndarray] | None
+    r: np.ndarray,
+    t: np.ndarray,
+    tol: Tolerance,
+    ref_inputs: Mapping[str, np.ndarray] | None,
+    facts: Mapping[str, Any],
 ) -> Diagnosis | None:
     if r.dtype.kind not in "fiub" or t.dtype.kind not in "fiub" or r.size != t.size or r.size == 0:
         return None  # nothing element-wise to read; the fallback reports shapes/dtypes
@@ -176,15 +188,12 @@ def _array_patterns(
         if r.dtype.kind != "f":  # integer/bool reference: exact values, tolerances do not apply
             return _layout(r64, t64, exact=True) or _int_mismatch(r, t.reshape(r.shape))
         bad = _mismatch_mask(r64, t64, tol)
-        if not bad.any():
-            return None
-        return (
-            _fp16_overflow(r64, t64, bad, ref_inputs)
-            or _nan_inf(r64, t64)
-            or _layout(r64, t64, exact=False)
-            or _constant_per_channel(r64, t64)
-            or _border(r64, bad, tol)
-        )
+        reach = _reach(r64, ref_inputs, facts)
+        found = (_fp16_overflow(r64, t64, bad, reach) or _nan_inf(r64, t64, reach)) if bad.any() else None
+        found = found or _fp16_underflow(r64, t64, reach)
+        if found is not None or not bad.any():
+            return found
+        return _layout(r64, t64, exact=False) or _constant_per_channel(r64, t64) or _border(r64, bad, tol)
 
 
 def _mismatch_mask(r: np.ndarray, t: np.ndarray, tol: Tolerance) -> np.ndarray:
@@ -196,56 +205,112 @@ def _mismatch_mask(r: np.ndarray, t: np.ndarray, tol: Tolerance) -> np.ndarray:
     return np.where(nonfinite, ~same, bad)
 
 
-def _fp16_overflow(
-    r: np.ndarray, t: np.ndarray, bad: np.ndarray, ref_inputs: Mapping[str, np.ndarray] | None
-) -> Diagnosis | None:
-    saturated = bad & (np.abs(t) >= PINNED)  # inf or pinned at +-65504 (NaN compares False)
-    if not saturated.any():
-        return None
-    max_ref = _max_abs(r)
-    max_in = max(
-        (
-            _max_abs(np.asarray(a, dtype=np.float64))
-            for a in (ref_inputs or {}).values()
-            if np.asarray(a).dtype.kind in "fiu"
-        ),
-        default=0.0,
+@dataclass
+class _Reach:
+    """How far the culprit's true (reference) values reach: its output, its inputs, its accumulator."""
+
+    output: float  # max |x| of the reference output judged here
+    input: float  # largest max |x| among the op's float inputs (0: unknown)
+    input_name: str | None
+    accumulated: float | None  # the |sum| its half-precision accumulator certainly holds (fp16_range.accumulated_max)
+    partial_sums: float | None  # a bound of its partial sums (sum |w||x|, sum |x|): reachable, not certain
+    op_type: str | None
+
+    def beyond(self) -> list[str]:
+        """Which of them leave fp16's range: the inputs (the overflow came in), the output, the accumulator (it
+        happened inside), the partial sums bound (it can happen inside)."""
+        found = []
+        if self.input > FP16_MAX:
+            found.append("input")
+        if self.output > FP16_MAX:
+            found.append("output")
+        if self.accumulated is not None and self.accumulated > FP16_MAX:
+            found.append("accumulator")
+        if self.partial_sums is not None and self.partial_sums > FP16_MAX:
+            found.append("partial sums")
+        return found
+
+    def where(self) -> str:
+        return f" in {self.op_type}" if self.op_type else ""
+
+
+def _reach(r: np.ndarray, ref_inputs: Mapping[str, np.ndarray] | None, facts: Mapping[str, Any]) -> _Reach:
+    peaks = [
+        (_max_abs(np.asarray(a, dtype=np.float64)), str(n))
+        for n, a in (ref_inputs or {}).items()
+        if np.asarray(a).dtype.kind in "fiu"
+    ]
+    peak_in, name_in = max(peaks, default=(float(facts.get("input_max_abs") or 0.0), facts.get("input")))
+    return _Reach(
+        _max_abs(r),
+        peak_in,
+        name_in,
+        facts.get("accumulated_max_abs"),
+        facts.get("partial_sum_bound"),
+        facts.get("op_type"),
     )
-    # Explained where the true value itself is beyond fp16, or anywhere when the op's inputs are (an intermediate
-    # overflowed).  Otherwise the true values fit fp16 and the inf is a plain NaN/inf bug.
+
+
+def _fp16_overflow(r: np.ndarray, t: np.ndarray, bad: np.ndarray, reach: _Reach) -> Diagnosis | None:
+    finite_r = np.isfinite(r)
+    inf = np.isinf(t) & finite_r
+    nan = np.isnan(t) & finite_r
+    pinned = bad & np.isfinite(t) & (np.abs(t) >= PINNED) & (np.abs(t) <= FP16_MAX)
+    n_inf, n_nan, n_pinned = (int(np.count_nonzero(m)) for m in (inf, nan, pinned))
+    if not (n_inf or n_nan or n_pinned):
+        return None
+    # The output's own range explains inf/pinned values only where the true value is large; an input or the
+    # accumulator beyond 65504 explains them anywhere (the overflow came in, or happened inside the op).
+    saturated = inf | pinned
     explained = int(np.count_nonzero(saturated & (np.abs(r) >= PINNED)))
-    if max_in <= FP16_MAX and explained < 0.5 * np.count_nonzero(saturated):
+    output_explains = bool(n_inf or n_pinned) and explained >= 0.5 * (n_inf + n_pinned)
+    beyond = next((b for b in reach.beyond() if b != "output" or output_explains), None)
+    if beyond is None:
         return None
-    n_inf = int(np.count_nonzero(saturated & np.isinf(t)))
-    n_sat = int(np.count_nonzero(saturated))
-    nan_after = int(np.count_nonzero(np.isnan(t) & ~np.isnan(r)))  # inf-inf, 0*inf downstream of the overflow
-    where = f"the reference reaches |x| = {max_ref:.6g}"
-    if max_in > FP16_MAX:
-        where += f" and the op's inputs reach {max_in:.6g}"
+    also = f" (its output reaches {reach.output:.6g})" if reach.output > FP16_MAX and beyond != "output" else ""
+    if beyond == "output":
+        why = f"the reference reaches |x| = {reach.output:.6g} here"
+    elif beyond == "input":
+        name = f" {reach.input_name}" if reach.input_name else ""
+        why = f"its input{name} already reaches |x| = {reach.input:.6g} in the reference{also}"
+    elif beyond == "accumulator":
+        why = (
+            f"its accumulator holds |sum| = {reach.accumulated:.6g} before storing the result (output max |x| "
+            f"{reach.output:.4g}), and Paddle-Lite's OpenCL kernel for it accumulates in half"
+        )
+    else:
+        why = (
+            f"its partial sums can reach {reach.partial_sums:.6g} (sum |w||x| over the reference inputs; output "
+            f"max |x| {reach.output:.4g}, inputs {reach.input:.4g}) when accumulated in half"
+        )
     summary = (
-        f"fp16 overflow: {n_sat} target elements are inf ({n_inf}) or pinned at ±65504 ({n_sat - n_inf}) "
-        f"where {where}, beyond the fp16 maximum 65504"
+        f"fp16 overflow{reach.where()}: {why}, beyond fp16's maximum 65504; the target makes {n_inf} inf, "
+        f"{n_nan} NaN and pins {n_pinned} values at ±65504 ({100 * (n_inf + n_nan + n_pinned) / r.size:.3g}% of "
+        f"elements). Fix: {remedy(OVERFLOW)}."
     )
-    summary += f"; {nan_after} NaN follow from it." if nan_after else "."
     return Diagnosis(
         "fp16_overflow",
         summary,
         {
-            "count": n_sat,
+            "beyond": beyond,
+            "count": n_inf + n_nan + n_pinned,
             "inf_count": n_inf,
-            "pinned_count": n_sat - n_inf,
-            "nan_count": nan_after,
-            "fraction": n_sat / r.size,
+            "nan_count": n_nan,
+            "pinned_count": n_pinned,
+            "fraction": (n_inf + n_nan + n_pinned) / r.size,
             "ref_beyond_fp16_at_overflow": explained,
-            "max_abs_ref": max_ref,
-            "max_abs_ref_at_overflow": _max_abs(r[saturated]),
-            "max_abs_input": max_in if ref_inputs else None,
+            "max_abs_ref": reach.output,
+            "max_abs_ref_at_overflow": _max_abs(r[saturated]) if saturated.any() else None,
+            "max_abs_input": reach.input or None,
+            "input": reach.input_name,
+            "accumulated_max_abs": reach.accumulated,
+            "partial_sum_bound": reach.partial_sums,
             "fp16_max": FP16_MAX,
         },
     )
 
 
-def _nan_inf(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
+def _nan_inf(r: np.ndarray, t: np.ndarray, reach: _Reach) -> Diagnosis | None:
     finite_r = np.isfinite(r)
     new_nan = np.isnan(t) & finite_r
     new_inf = np.isinf(t) & finite_r
@@ -255,9 +320,13 @@ def _nan_inf(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
         return None
     first = _unravel(int(np.argmax(bad.reshape(-1))), r.shape)
     n_nan, n_inf = int(np.count_nonzero(new_nan)), int(np.count_nonzero(new_inf))
+    if not reach.beyond():
+        scale = f"max |ref| {reach.output:.4g}, within fp16 range"
+    else:  # only where the NaN/inf do not sit at the large values: the range alone does not explain them
+        scale = f"max |ref| {reach.output:.4g}, beyond fp16's 65504 elsewhere than at these elements"
     summary = (
         f"The target produces {n_nan} NaN and {n_inf} inf ({100 * n / r.size:.3g}% of elements) where the "
-        f"reference is finite (max |ref| {_max_abs(r):.4g}, within fp16 range); first at index {first}."
+        f"reference is finite ({scale}); first at index {first}."
     )
     return Diagnosis(
         "nan_inf",
@@ -268,7 +337,54 @@ def _nan_inf(r: np.ndarray, t: np.ndarray) -> Diagnosis | None:
             "fraction": n / r.size,
             "first_index": list(first),
             "ref_at_first": float(r[first]),
-            "max_abs_ref": _max_abs(r),
+            "max_abs_ref": reach.output,
+        },
+    )
+
+
+def _fp16_underflow(r: np.ndarray, t: np.ndarray, reach: _Reach) -> Diagnosis | None:
+    """Significant reference values below fp16's smallest normal, relatively much further off than the normal
+    values (a range effect is absolute, noise and kernel faults are relative), and the error there is what fp16's
+    range makes: a flush to zero, or a subnormal's rounding (2^-24 apart) on top of the normal values' noise."""
+    both = np.isfinite(r) & np.isfinite(t)
+    if not both.all():
+        return None
+    small = (r != 0) & (np.abs(r) < FP16_MIN_NORMAL)
+    norm = float(np.linalg.norm(r))
+    if not small.any() or not norm > 0:
+        return None
+    share = float(np.linalg.norm(r[small])) / norm
+    d = t - r
+    err, err_small = float(np.linalg.norm(d)) / norm, float(np.linalg.norm(d[small])) / norm
+    if share <= UNDERFLOW_SHARE or err_small < UNDERFLOW_ERROR:
+        return None
+    normal = ~small & (r != 0)
+    noise = float(np.linalg.norm(d[normal]) / np.linalg.norm(r[normal])) if normal.any() else 0.0
+    if err_small / share < 2 * noise:
+        return None  # the small values are no further off than the rest: not the range
+    # A kernel 10 % off on tiny values is not an underflow: its error exceeds a subnormal's rounding.
+    ranged = small & ((t == 0) | (np.abs(d) <= SUBNORMAL_STEP + 2 * noise * np.abs(r)))
+    if float(np.linalg.norm(d[ranged])) / norm < 0.5 * err_small:
+        return None
+    flushed = int(np.count_nonzero(small & (t == 0)))
+    stored = f"flushes {flushed} of those values to zero and " if flushed else ""
+    summary = (
+        f"fp16 underflow{reach.where()}: {100 * share:.3g}% of the reference's L2 norm lies below fp16's smallest "
+        f"normal 2^-14 (max |x| {reach.output:.3g}); the target {stored}keeps them with rel L2 error "
+        f"{err_small / share:.3g} (subnormals hold 2^-24 absolute precision, a flushing device none), "
+        f"{err:.3g} over the tensor. Fix: {remedy(UNDERFLOW)}."
+    )
+    return Diagnosis(
+        "fp16_underflow",
+        summary,
+        {
+            "share_below_min_normal": share,
+            "elements_below_min_normal": int(np.count_nonzero(small)),
+            "flushed_to_zero": flushed,
+            "rel_l2": err,
+            "rel_l2_below_min_normal": err_small / share,
+            "max_abs_ref": reach.output,
+            "fp16_min_normal": FP16_MIN_NORMAL,
         },
     )
 

@@ -8,6 +8,8 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from bisect_lite.report.kernels import kernel_lines
+
 # Attributes that describe the program, not the computation: left out of op tables.
 HIDDEN_ATTRS = frozenset({"op_callstack", "op_namescope", "op_device", "with_quant_attr"})
 _MAX_CELL = 120
@@ -35,6 +37,7 @@ def render_report(report: Mapping[str, Any], plot_file: str | None) -> str:
     out.append(_verdict_line(report, culprits))
     out.append("")
     out.extend(_context(report))
+    out.extend(kernel_lines((report.get("target") or {}).get("kernels"), "## Target kernels"))
 
     if culprits:
         for n, c in enumerate(culprits, 1):
@@ -56,6 +59,7 @@ def render_report(report: Mapping[str, Any], plot_file: str | None) -> str:
         out.append("")
 
     out.extend(_precision(report))
+    out.extend(_fp16_range(report))
     out.extend(_full_model(report))
     out.extend(_probe_log(probes, op_types))
     out.extend(_statistics(report, probes))
@@ -100,7 +104,7 @@ def _context(report: Mapping[str, Any]) -> list[str]:
         ("Reference", _engine_facts(report.get("reference"))),
         ("Target", _engine_facts(report.get("target"))),
         ("Inputs", _esc(str(report.get("inputs", "—")))),
-        ("Tolerance", _esc(_kv(report.get("tolerance") or {}))),
+        ("Judgement", _judgement(report)),
         ("Tool", _esc(str(report.get("tool", "bisect-lite")))),
     ]
     out = ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
@@ -114,6 +118,22 @@ def _context(report: Mapping[str, Any]) -> list[str]:
             )
             out.append("")
     return out
+
+
+def _judgement(report: Mapping[str, Any]) -> str:
+    """The rule that judged this run: the precision model (and when tolerances still apply), or tolerances."""
+    prec = report.get("precision") or {}
+    tol = report.get("tolerance") or {}
+    tolerances = _esc(_kv({k: tol[k] for k in ("atol", "rtol") if k in tol}))
+    if prec.get("model") != "precision":
+        return f"tolerances: {tolerances}" + (f" ({_esc(str(prec['why']))})" if prec.get("why") else "")
+    overrides = tol.get("overrides") or {}
+    return (
+        f"precision model, K = {prec.get('factor')}, {_esc(str(prec.get('accumulation')))} accumulation: each "
+        "float tensor against the error of fp16 rounding alone; fp16 range failures (NaN/inf, ±65504, flushed "
+        f"values) always fail. Tolerances ({tolerances}) judge only integer tensors and tensors without an "
+        "expectation" + (f", and the --tol overrides ({_esc(', '.join(overrides))})" if overrides else "")
+    )
 
 
 def _culprit_section(n: int, total: int, c: Mapping[str, Any]) -> list[str]:
@@ -228,6 +248,39 @@ def _precision(report: Mapping[str, Any]) -> list[str]:
                 f"| {_num(c.get('expected_rel_l2'))} | {_num(c.get('inputs_rel_l2'))} | {_num(c.get('added'))} |"
             )
         out.append("")
+    return out
+
+
+_MAX_RANGE_ROWS = 20
+
+
+def _fp16_range(report: Mapping[str, Any]) -> list[str]:
+    """The reference's fp16 range findings (half-precision targets): what will overflow or underflow, by op."""
+    if "fp16_range" not in report:
+        return []
+    from bisect_lite.fp16_range import RangeFinding, summary_line
+
+    findings = [RangeFinding(**f) for f in report.get("fp16_range") or []]
+    out = ["## fp16 range", "", _esc(summary_line(findings)) + ".", ""]
+    if not findings:
+        return out
+    out += [
+        "From the fp32 reference alone: these tensors leave fp16's range on any half-precision device (an "
+        "accumulator, on kernels that sum in half, as Paddle-Lite's OpenCL reductions, windowed average pooling and "
+        "layer_norm do). A target that overflows (inf, NaN, ±65504) or flushes them fails, whatever the precision "
+        "model.",
+        "",
+        "| tensor | op | type | kind | max \\|x\\| | share below 2^-14 | where |",
+        "|---|---:|---|---|---:|---:|---|",
+    ]
+    for f in findings[:_MAX_RANGE_ROWS]:
+        out.append(
+            f"| `{_esc(f.tensor)}` | {'input' if f.op is None else f.op} | {_esc(f.op_type)} | {f.kind} "
+            f"| {_num(f.max_abs)} | {_pct(f.share_below_min_normal)} | {_esc(f.location())} |"
+        )
+    if len(findings) > _MAX_RANGE_ROWS:
+        out.append(f"| … {len(findings) - _MAX_RANGE_ROWS} more in report.json `fp16_range` | | | | | | |")
+    out.append("")
     return out
 
 
@@ -352,11 +405,15 @@ def reference_dump_line(report: Mapping[str, Any]) -> str:
 
 
 def _metrics_table(tensors: Sequence[Mapping[str, Any]], missing: Iterable[str]) -> list[str]:
-    head = "| tensor | result | " + " | ".join(c for c, _ in METRIC_COLUMNS) + " | NaN t/r | inf t/r | reason |"
-    sep = "|---|---|" + "---:|" * len(METRIC_COLUMNS) + "---:|---:|---|"
+    head = (
+        "| tensor | result | judged by | "
+        + " | ".join(c for c, _ in METRIC_COLUMNS)
+        + " | NaN t/r | inf t/r | reason |"
+    )
+    sep = "|---|---|---|" + "---:|" * len(METRIC_COLUMNS) + "---:|---:|---|"
     out = [head, sep]
     for t in tensors:
-        cells = [f"`{_esc(str(t.get('name', '?')))}`", "pass" if t.get("passed") else "**FAIL**"]
+        cells = [f"`{_esc(str(t.get('name', '?')))}`", "pass" if t.get("passed") else "**FAIL**", _judged_by(t)]
         for _, key in METRIC_COLUMNS:
             v = t.get(key)
             if v is None and key in _ERROR_KEYS and _target_nonfinite(t):
@@ -367,9 +424,18 @@ def _metrics_table(tensors: Sequence[Mapping[str, Any]], missing: Iterable[str])
         cells.append(_esc(_one_line(str(t.get("reason") or ""), _MAX_CELL)))
         out.append("| " + " | ".join(cells) + " |")
     for name in missing:
-        out.append(f"| `{_esc(str(name))}` | **missing** |" + " |" * (len(METRIC_COLUMNS) + 3))
+        out.append(f"| `{_esc(str(name))}` | **missing** |" + " |" * (len(METRIC_COLUMNS) + 4))
     out.append("")
     return out
+
+
+def _judged_by(t: Mapping[str, Any]) -> str:
+    """The rule that judged one tensor, with its numbers: the precision model's bounds, or the tolerances."""
+    if t.get("judged_by") == "precision":
+        return f"precision: rel L2 <= {_num(t.get('bound_rel_l2'))}, max abs <= {_num(t.get('bound_max_abs'))}"
+    if t.get("atol") is None:
+        return ""
+    return f"tolerance: atol {_num(t.get('atol'))}, rtol {_num(t.get('rtol'))}"
 
 
 _ERROR_KEYS = frozenset({"max_abs", "max_rel", "rel_l2", "min_atol", "min_rtol"})

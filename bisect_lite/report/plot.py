@@ -105,7 +105,7 @@ def plot_error_vs_depth(
     if curve:
         xs = [i for i, _ in curve]
         ys = [max(e, ZERO_FLOOR) for _, e in curve]
-        ax.plot(xs, ys, color="#1f77b4", lw=1, alpha=0.8, zorder=1, label="expected fp16 error (emulation)")
+        ax.plot(xs, ys, color="#1f77b4", lw=1, alpha=0.8, zorder=1, label="expected fp16 error (rounding alone)")
         if factor:
             bound = [factor * max(y, L2_FLOOR) for y in ys]
             ax.plot(xs, bound, color="#1f77b4", lw=0.8, ls="--", alpha=0.6, zorder=1, label=f"bound ({factor:g}x)")

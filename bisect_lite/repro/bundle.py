@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bisect_lite import __version__
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.fsutil import atomic_dir
@@ -59,7 +61,7 @@ def repro_facts(
         "kind": entry["kind"],
         "ops": [{"index": i, "type": source.ops[i].type} for i in found["ops"]],
         "reference": {"engine": ref.spec, "facts": ref.facts()},
-        "target": {"engine": target.spec, "facts": target.facts()},
+        "target": {"engine": target.spec, "facts": target.facts(), **_kernels(target, source, found["ops"])},
         "tolerance": tolerance,
         "metrics": [m.to_dict() for m in cmp.tensors] if cmp else [],
         "diagnosis": entry["diagnosis"],
@@ -70,7 +72,44 @@ def repro_facts(
             n: {"shape": list(found["inputs"][n].shape), "dtype": str(found["inputs"][n].dtype)} for n in sub.feeds
         },
         "fetches": list(sub.fetches),
+        "first_nonfinite": first_nonfinite(found),
     }
+
+
+def first_nonfinite(found: dict[str, Any]) -> dict[str, Any] | None:
+    """Where the target first gives NaN/inf and the reference a finite value, with the repro's inputs of the same
+    shape at that index: the values that trigger it (e.g. a sigmoid's input below -88.7), which a maintainer needs
+    first. None when there is no such element."""
+    expected, actual = found.get("expected") or {}, found.get("actual") or {}
+    for name, got in actual.items():
+        got, want = np.asarray(got), np.asarray(expected.get(name))
+        if got.shape != want.shape or got.dtype.kind != "f":
+            continue
+        bad = np.argwhere(~np.isfinite(got) & np.isfinite(want))
+        if bad.size:
+            index = tuple(int(i) for i in bad[0])
+            same = {n: np.asarray(v) for n, v in found["inputs"].items() if np.shape(v) == got.shape}
+            inputs = {n: _json_float(v[index]) for n, v in same.items() if v.dtype.kind == "f"}
+            return {
+                "output": name,
+                "index": list(index),
+                "count": len(bad),
+                "target": str(got[index]),
+                "reference": float(want[index]),
+                "inputs": inputs,
+            }
+    return None
+
+
+def _json_float(value: Any) -> float | str:
+    """A float, or its name ("nan", "inf") where JSON has no number for it."""
+    return float(value) if np.isfinite(value) else str(value)
+
+
+def _kernels(target: EngineRunner, source: Model, ops: list[int]) -> dict[str, Any]:
+    """The kernels that ran the culprit's ops in the whole model (the target's place or a host fallback)."""
+    kernels = target.kernels(source, list(ops))
+    return {"kernels": kernels} if kernels else {}
 
 
 def shaped_model(found: dict[str, Any]) -> Model:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bisect_lite.report.kernels import kernel_lines
 from bisect_lite.report.markdown import visible_attrs
 
 _ENGINE_LABELS = (  # substring of the engine name (lower case) -> how Paddle-Lite people call it
@@ -128,6 +129,9 @@ def render_issue(repro: Mapping[str, Any]) -> str:
         what = "cannot be converted to ONNX"
     elif crash:
         what = f"crashes{f' ({precision})' if precision else ''}, works on {ref_label}"
+    elif worst and _nonfinite_counts(worst):  # rel L2 skips NaN pairs: it would make a NaN look like noise
+        what = f"gives {_nonfinite_counts(worst)} where {ref_label} is finite"
+        what += f" ({precision})" if precision else ""
     else:
         what = f"output differs from {ref_label}" + (f" ({', '.join(numbers)})" if numbers else "")
     title = f"[{tgt_label}] {subject} {what} — standalone repro attached"
@@ -135,6 +139,7 @@ def render_issue(repro: Mapping[str, Any]) -> str:
     out = [f"# {title}", ""]
     out += _summary(repro, op_type, tgt_label, ref_label, precision, worst, crash, family)
     out += _environment(ref, tgt, precision)
+    out += kernel_lines(tgt.get("kernels"), "### Kernels")
     out += _op_section(repro, op, op_type)
     if metrics:
         out += ["### Error statistics", "", *_metrics_table(metrics, repro.get("tolerance") or {})]
@@ -179,15 +184,25 @@ def _summary(
         text = f"`{op_type}` ({where}) gives a different output on {on} than on {ref}"
         if worst:
             tol = repro.get("tolerance") or {}
+            nonfinite = _nonfinite(worst)
+            finite_only = nonfinite and worst.get("rel_l2") is not None  # the statistics skip non-finite pairs
+            text += ": over the finite elements, " if finite_only else ": "
             text += (
-                f": rel L2 {_error(worst, 'rel_l2')}, max abs {_error(worst, 'max_abs')}, "
+                f"rel L2 {_error(worst, 'rel_l2')}, max abs {_error(worst, 'max_abs')}, "
                 f"{_pct(worst.get('mismatch_fraction'))} of elements outside atol {_num(tol.get('atol'))} / "
                 f"rtol {_num(tol.get('rtol'))}"
             )
-            nonfinite = _nonfinite(worst)
             if nonfinite:
                 text += f" ({nonfinite})"
         text += "."
+        first = repro.get("first_nonfinite")
+        if first:
+            where = ", ".join(str(i) for i in first["index"])
+            text += (
+                f" The first of {first['count']} is `{_esc(first['output'])}`[{where}]: {tgt} gives {first['target']}, "
+                f"{ref} {_num(first['reference'])}"
+            )
+            text += "".join(f"; the input `{_esc(n)}` is {_num(v, 6)} there" for n, v in first["inputs"].items()) + "."
     size = "this single op" if repro.get("kind", "op") == "op" else f"these {len(repro.get('ops') or [])} ops"
     text += f" The bundle below reproduces it with {size} and fixed inputs."
     if family.key == "fp16":
@@ -289,6 +304,7 @@ def _steps(repro: Mapping[str, Any], precision: str | None, family: Family) -> l
         family.snippet(repro, precision),
         "```",
         "",
+        *_native_steps(repro),
         "**2. With bisect-lite** (no package index serves it; install it from a checkout of bisect-lite: "
         "`pip install -e .`), inside the unpacked bundle:",
         "",
@@ -375,6 +391,38 @@ for i, name in enumerate(predictor.get_input_names()):
 predictor.run()
 outputs = {{name: predictor.get_output(i).numpy() for i, name in enumerate(predictor.get_output_names())}}
 {_COMPARE_TAIL}"""
+
+
+# The native runner's input directory (runners/android/README.md) from the bundle's inputs.npz.
+_RUNNER_INPUTS = (
+    "python -c \"import numpy as np, pathlib; d = np.load('inputs.npz'); p = pathlib.Path('in'); "
+    "p.mkdir(exist_ok=True); (p / 'names.txt').write_text(''.join(n + chr(10) for n in d.files)); "
+    "[np.save(p / f'{i}.npy', d[n]) for i, n in enumerate(d.files)]\""
+)
+
+
+def _native_steps(repro: Mapping[str, Any]) -> list[str]:
+    """For a target that ran Paddle-Lite's library through the native runner here (QEMU or this machine's OpenCL):
+    the same run without bisect-lite's Python, with opt's valid targets and the library named in the facts."""
+    facts = (repro.get("target") or {}).get("facts") or {}
+    if facts.get("transport") not in ("local", "qemu"):
+        return []
+    launcher = "qemu-aarch64 -L /usr/aarch64-linux-gnu " if facts.get("transport") == "qemu" else ""
+    library = facts.get("library") or "libpaddle_light_api_shared.so"
+    precision = facts.get("precision_used") or "fp32"
+    return [
+        f"**1b. On the same kernels through Paddle-Lite's C++ light API** (bisect-lite's runner, "
+        f"`runners/android/bisect_lite_runner.cc`, built against `{_esc(str(library))}`"
+        f"{', under QEMU' if launcher else ''}):",
+        "",
+        "```sh",
+        "paddle_lite_opt --model_file=model.pdmodel --param_file=model.pdiparams "
+        f"--valid_targets={facts.get('valid_targets', 'arm')} --optimize_out=repro",
+        _RUNNER_INPUTS,
+        f"{launcher}./bisect_lite_runner --model repro.nb --inputs in --outputs out --precision {precision}",
+        "```",
+        "",
+    ]
 
 
 def _lite_snippet(repro: Mapping[str, Any], precision: str | None) -> str:
@@ -543,12 +591,18 @@ def _error(metrics: Mapping[str, Any] | None, key: str, digits: int = 3) -> str:
 
 def _nonfinite(metrics: Mapping[str, Any]) -> str:
     """ "N NaN, M inf in the target where the reference is finite" or ""."""
+    counts = _nonfinite_counts(metrics)
+    return f"{counts} in the target where the reference is finite" if counts else ""
+
+
+def _nonfinite_counts(metrics: Mapping[str, Any]) -> str:
+    """ "N NaN, M inf" (more in the target than in the reference) or ""."""
     parts = []
     for what in ("nan", "inf"):
         extra = int(metrics.get(f"{what}_target") or 0) - int(metrics.get(f"{what}_ref") or 0)
         if extra > 0:
             parts.append(f"{extra} {'NaN' if what == 'nan' else 'inf'}")
-    return (", ".join(parts) + " in the target where the reference is finite") if parts else ""
+    return ", ".join(parts)
 
 
 def _num(v: Any, digits: int = 3) -> str:

@@ -8,12 +8,14 @@
 //       [--tune-file DIR/NAME] [--cl-cache DIR/NAME] [--threads N]
 //       [--power-mode N] [--runs N] [--info]
 //
-// Exit codes: 0 ok, 2 usage or input error, 3 runtime failure.
+// Exit codes: 0 ok, 2 usage or input error, 3 runtime failure, 5 precision not supported by the OpenCL device.
 //
 // Build switches:
 //   BISECT_LITE_NO_OPENCL_API  do not call IsOpenCLBackendValid/set_opencl_*
 //                              (for libraries built without OpenCL).
 //   BISECT_LITE_NO_ARM_API     do not call set_threads/set_power_mode.
+#include <dlfcn.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -52,7 +54,8 @@ using paddle::lite_api::Tensor;
 constexpr int kExitOk = 0;
 constexpr int kExitUsage = 2;
 constexpr int kExitRuntime = 3;
-constexpr const char* kRunnerVersion = "1";
+constexpr int kExitPrecision = 5;
+constexpr const char* kRunnerVersion = "2";
 constexpr const char* kProgram = "bisect_lite_runner";
 
 const char kUsage[] =
@@ -62,7 +65,14 @@ const char kUsage[] =
     "           [--power-mode N] [--runs N] [--info]\n"
     "IN_DIR holds names.txt (one feed name per line) and 0.npy, 1.npy, ... in that order.\n"
     "OUT_DIR receives names.txt, 0.npy, 1.npy, ... and info.json (run0/ too when --runs > 1).\n"
-    "Exit codes: 0 ok, 2 usage or input error, 3 runtime failure.\n";
+    "Exit codes: 0 ok, 2 usage or input error, 3 runtime failure,\n"
+    "5 precision not supported by the OpenCL device (e.g. fp16 without cl_khr_fp16).\n";
+
+// A precision the OpenCL device cannot run (exit code 5): Paddle-Lite would abort on it.
+class PrecisionUnsupported : public std::runtime_error {
+ public:
+  explicit PrecisionUnsupported(const std::string& what) : std::runtime_error(what) {}
+};
 
 // An error in the command line or in the input files (exit code 2).
 class UsageError : public std::runtime_error {
@@ -422,38 +432,173 @@ void WriteOutputs(PaddlePredictor* predictor, const std::vector<std::string>& na
 
 // ---------------------------------------------------------------- main
 
+// ---------------------------------------------------------------- facts
+
+struct OpenCLDevice {
+  bool read = false;  // false: the OpenCL library or its device could not be read
+  bool fp16 = false;  // the device lists cl_khr_fp16
+  std::string platform, device;
+};
+
+#ifndef BISECT_LITE_NO_OPENCL_API
+// The OpenCL device Paddle-Lite uses: the first platform's first GPU, else its first CPU device (v2.13 falls back
+// to a CPU device such as PoCL's). Read through the OpenCL C API itself, loaded like Paddle-Lite loads it, because
+// the library's only fp16 probe, IsOpenCLBackendValid(true), marks OpenCL invalid for the whole process on a
+// device without fp16. The few OpenCL declarations needed are spelt out here: no OpenCL headers are required.
+namespace cl {
+typedef int32_t Int;
+typedef uint32_t Uint;
+typedef uint64_t DeviceType;
+typedef struct Opaque* Id;
+typedef Int (*GetPlatformIDs)(Uint, Id*, Uint*);
+typedef Int (*GetPlatformInfo)(Id, Uint, size_t, void*, size_t*);
+typedef Int (*GetDeviceIDs)(Id, DeviceType, Uint, Id*, Uint*);
+typedef Int (*GetDeviceInfo)(Id, Uint, size_t, void*, size_t*);
+constexpr Uint kPlatformVersion = 0x0901, kPlatformName = 0x0902;
+constexpr Uint kDeviceName = 0x102B, kDriverVersion = 0x102D, kDeviceExtensions = 0x1030;
+constexpr DeviceType kDeviceTypeCpu = 1 << 1, kDeviceTypeGpu = 1 << 2;
+// The names Paddle-Lite tries (libOpenCL.so first; the ICD loader's versioned name; where phones keep it).
+const char* const kLibraries[] = {"libOpenCL.so",
+                                  "libOpenCL.so.1",
+                                  "/system/vendor/lib64/libOpenCL.so",
+                                  "/system/lib64/libOpenCL.so",
+                                  "/vendor/lib64/libOpenCL.so",
+                                  "/system/vendor/lib64/egl/libGLES_mali.so",
+                                  "/system/vendor/lib64/libPVROCL.so"};
+
+template <typename Getter>
+std::string InfoString(Getter get, Id id, Uint what) {
+  size_t size = 0;
+  if (get(id, what, 0, nullptr, &size) != 0 || size == 0) return "";
+  std::string value(size, '\0');
+  if (get(id, what, size, &value[0], nullptr) != 0) return "";
+  value.resize(std::strlen(value.c_str()));
+  return value;
+}
+}  // namespace cl
+
+OpenCLDevice ReadOpenCLDevice() {
+  OpenCLDevice d;
+  void* lib = nullptr;
+  for (const char* name : cl::kLibraries) {
+    if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
+  }
+  if (!lib) return d;  // never dlclose()d: the library under test holds the same handle
+  auto platform_ids = reinterpret_cast<cl::GetPlatformIDs>(dlsym(lib, "clGetPlatformIDs"));
+  auto platform_info = reinterpret_cast<cl::GetPlatformInfo>(dlsym(lib, "clGetPlatformInfo"));
+  auto device_ids = reinterpret_cast<cl::GetDeviceIDs>(dlsym(lib, "clGetDeviceIDs"));
+  auto device_info = reinterpret_cast<cl::GetDeviceInfo>(dlsym(lib, "clGetDeviceInfo"));
+  if (!platform_ids || !platform_info || !device_ids || !device_info) return d;
+  cl::Id platform = nullptr;
+  cl::Uint count = 0;
+  if (platform_ids(1, &platform, &count) != 0 || count == 0 || !platform) return d;
+  cl::Id device = nullptr;
+  std::string type = "GPU";
+  if (device_ids(platform, cl::kDeviceTypeGpu, 1, &device, &count) != 0 || count == 0 || !device) {
+    type = "CPU";
+    device = nullptr;
+    if (device_ids(platform, cl::kDeviceTypeCpu, 1, &device, &count) != 0 || count == 0 || !device) return d;
+  }
+  d.read = true;
+  d.platform = cl::InfoString(platform_info, platform, cl::kPlatformName) + " (" +
+               cl::InfoString(platform_info, platform, cl::kPlatformVersion) + ")";
+  d.device = cl::InfoString(device_info, device, cl::kDeviceName) + " (" + type + ", driver " +
+             cl::InfoString(device_info, device, cl::kDriverVersion) + ")";
+  const std::string extensions = " " + cl::InfoString(device_info, device, cl::kDeviceExtensions) + " ";
+  d.fp16 = extensions.find(" cl_khr_fp16 ") != std::string::npos;
+  return d;
+}
+#endif  // BISECT_LITE_NO_OPENCL_API
+
 struct Backend {
   bool opencl_valid = false;
-  bool opencl_fp16_valid = false;
+  OpenCLDevice opencl;
 };
 
 Backend ProbeBackend() {
   Backend b;
 #ifndef BISECT_LITE_NO_OPENCL_API
+  // false: do not check fp16 here (see ReadOpenCLDevice). A library built without OpenCL answers false.
   b.opencl_valid = paddle::lite_api::IsOpenCLBackendValid(false);
-  b.opencl_fp16_valid = b.opencl_valid && paddle::lite_api::IsOpenCLBackendValid(true);
+  if (b.opencl_valid) b.opencl = ReadOpenCLDevice();
 #endif
   return b;
 }
 
-std::string InfoJson(const Options& o, const Backend& b, const std::string& version, bool have_version,
-                     const std::vector<double>* seconds) {
+// The OpenCL precision the run uses: "fp32" or "fp16", "" when OpenCL is not in use or the device could not be
+// read (then the library decides AUTO alone). fp16 on a device without cl_khr_fp16 is refused here: Paddle-Lite
+// would abort.
+std::string PrecisionUsed(const Options& o, const Backend& b) {
+  if (!b.opencl_valid) return "";
+  if (o.precision == "fp32") return "fp32";
+  if (!b.opencl.read) return o.precision == "fp16" ? "fp16" : "";
+  if (b.opencl.fp16) return "fp16";
+  if (o.precision == "fp16") {
+    throw PrecisionUnsupported("--precision fp16 needs an OpenCL device with cl_khr_fp16, and " + b.opencl.device +
+                               " has none: use --precision fp32 or auto");
+  }
+  return "fp32";
+}
+
+// The CPU as the library sees it: Paddle-Lite picks ARM kernels by the "CPU part" lines of /proc/cpuinfo. Under
+// QEMU user mode these are the host's lines (no CPU part: an unknown ARM core to Paddle-Lite).
+std::string CpuJson() {
+  std::string text, model, hardware, parts;
+  ReadFile("/proc/cpuinfo", &text);
+  std::stringstream lines(text);
+  std::string line;
+  while (std::getline(lines, line)) {
+    const size_t colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, colon);
+    while (!key.empty() && (key.back() == ' ' || key.back() == '\t')) key.pop_back();
+    std::string value = line.substr(colon + 1);
+    while (!value.empty() && value.front() == ' ') value.erase(0, 1);
+    if (key == "model name" && model.empty()) model = value;
+    if (key == "Hardware" && hardware.empty()) hardware = value;
+    if (key == "CPU part") parts += (parts.empty() ? "" : ", ") + JsonString(value);
+  }
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);  // NOLINT(runtime/int)
+  std::string j = "{\"arm_parts\": [" + parts + "]";
+  j += ", \"model_name\": " + (model.empty() ? std::string("null") : JsonString(model));
+  j += ", \"hardware\": " + (hardware.empty() ? std::string("null") : JsonString(hardware));
+  j += ", \"online\": " + std::to_string(online);
+  return j + "}";
+}
+
+// The file the Paddle-Lite library was loaded from (LD_LIBRARY_PATH and RUNPATH decide which one).
+std::string LibraryPath() {
+  Dl_info info;
+  const auto symbol = &paddle::lite_api::CreatePaddlePredictor<MobileConfig>;
+  if (dladdr(reinterpret_cast<void*>(symbol), &info) == 0 || !info.dli_fname) return "";
+  char resolved[PATH_MAX];
+  return realpath(info.dli_fname, resolved) ? std::string(resolved) : std::string(info.dli_fname);
+}
+
+std::string InfoJson(const Options& o, const Backend& b, const std::string& precision_used,
+                     const std::string& version, bool have_version, const std::vector<double>* seconds) {
+  auto string_or_null = [](const std::string& s) { return s.empty() ? std::string("null") : JsonString(s); };
   std::string j = "{\"paddle_lite_version\": " + (have_version ? JsonString(version) : std::string("null"));
   j += ", \"precision\": " + JsonString(o.precision);
+  j += ", \"precision_used\": " + string_or_null(precision_used);
   j += std::string(", \"opencl_valid\": ") + (b.opencl_valid ? "true" : "false");
-  j += std::string(", \"opencl_fp16_valid\": ") + (b.opencl_fp16_valid ? "true" : "false");
+  j += std::string(", \"opencl_fp16\": ") + (!b.opencl.read ? "null" : b.opencl.fp16 ? "true" : "false");
+  j += ", \"opencl_platform\": " + string_or_null(b.opencl.platform);
+  j += ", \"opencl_device\": " + string_or_null(b.opencl.device);
   if (seconds) {
     j += ", \"seconds\": [";
     for (size_t i = 0; i < seconds->size(); ++i) j += (i ? ", " : "") + JsonNumber((*seconds)[i]);
     j += "]";
   }
+  j += ", \"library\": " + string_or_null(LibraryPath());
+  j += ", \"cpu\": " + CpuJson();
   j += ", \"device\": " + JsonString(DeviceDescription());
   j += ", \"runner_version\": " + JsonString(kRunnerVersion);
   return j + "}\n";
 }
 
 // Fills a config in place: MobileConfig is not copyable through every header the runner builds with.
-void Configure(const Options& o, const Backend& b, MobileConfig* config) {
+void Configure(const Options& o, const Backend& b, const std::string& precision_used, MobileConfig* config) {
   config->set_model_from_file(o.model);
 #ifndef BISECT_LITE_NO_OPENCL_API
   if (b.opencl_valid) {
@@ -470,13 +615,15 @@ void Configure(const Options& o, const Backend& b, MobileConfig* config) {
       SplitDirName("--tune-file", o.tune_file.empty() ? o.model + ".tune" : o.tune_file, &dir, &name);
       config->set_opencl_tune(mode, dir, name);
     }
+    // The precision decided above, explicitly: AUTO only when the device could not be read.
     paddle::lite_api::CLPrecisionType precision = paddle::lite_api::CL_PRECISION_AUTO;
-    if (o.precision == "fp16") precision = paddle::lite_api::CL_PRECISION_FP16;
-    if (o.precision == "fp32") precision = paddle::lite_api::CL_PRECISION_FP32;
+    if (precision_used == "fp16") precision = paddle::lite_api::CL_PRECISION_FP16;
+    if (precision_used == "fp32") precision = paddle::lite_api::CL_PRECISION_FP32;
     config->set_opencl_precision(precision);
   }
 #else
   (void)b;
+  (void)precision_used;
 #endif
 #ifndef BISECT_LITE_NO_ARM_API
   if (o.power_mode >= 0) config->set_power_mode(static_cast<paddle::lite_api::PowerMode>(o.power_mode));
@@ -488,10 +635,11 @@ void Configure(const Options& o, const Backend& b, MobileConfig* config) {
 #endif
 }
 
-std::shared_ptr<PaddlePredictor> CreatePredictor(const Options& o, const Backend& b) {
+std::shared_ptr<PaddlePredictor> CreatePredictor(const Options& o, const Backend& b,
+                                                 const std::string& precision_used) {
   const std::string& model = o.model;
   MobileConfig config;
-  Configure(o, b, &config);
+  Configure(o, b, precision_used, &config);
   std::shared_ptr<PaddlePredictor> predictor;
   try {
     predictor = paddle::lite_api::CreatePaddlePredictor<MobileConfig>(config);
@@ -514,22 +662,23 @@ int Main(int argc, char** argv) {
     SplitDirName("--cl-cache", o.cl_cache, &dir, &name);
   }
   const Backend backend = ProbeBackend();
+  const std::string precision_used = PrecisionUsed(o, backend);
 
   if (o.info) {
     std::string version;
     bool have_version = false;
     if (!o.model.empty()) {
-      version = CreatePredictor(o, backend)->GetVersion();
+      version = CreatePredictor(o, backend, precision_used)->GetVersion();
       have_version = true;
     }
-    std::cout << InfoJson(o, backend, version, have_version, nullptr);
+    std::cout << InfoJson(o, backend, precision_used, version, have_version, nullptr);
     return kExitOk;
   }
 
   const std::vector<Feed> feeds = LoadFeeds(o.inputs);
   MakeDirs(o.outputs);
 
-  std::shared_ptr<PaddlePredictor> predictor = CreatePredictor(o, backend);
+  std::shared_ptr<PaddlePredictor> predictor = CreatePredictor(o, backend, precision_used);
   const std::vector<std::string> input_names = predictor->GetInputNames();
   std::vector<const npy::Array*> bound(input_names.size(), nullptr);
   for (size_t i = 0; i < input_names.size(); ++i) {
@@ -557,7 +706,7 @@ int Main(int argc, char** argv) {
     if (run == 0 && o.runs > 1) WriteOutputs(predictor.get(), output_names, JoinPath(o.outputs, "run0"));
   }
   WriteOutputs(predictor.get(), output_names, o.outputs);
-  WriteFileAtomic(o.outputs, "info.json", InfoJson(o, backend, predictor->GetVersion(), true, &seconds));
+  WriteFileAtomic(o.outputs, "info.json", InfoJson(o, backend, precision_used, predictor->GetVersion(), true, &seconds));
   return kExitOk;
 }
 
@@ -569,6 +718,9 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     std::cerr << kProgram << ": error: " << OneLine(e.what()) << "\n";
     return kExitUsage;
+  } catch (const PrecisionUnsupported& e) {
+    std::cerr << kProgram << ": unsupported precision: " << OneLine(e.what()) << "\n";
+    return kExitPrecision;
   } catch (const std::exception& e) {
     std::cerr << kProgram << ": runtime failure: " << OneLine(e.what()) << "\n";
     return kExitRuntime;

@@ -16,7 +16,8 @@
 // with the same shape and precision.
 //
 // Environment:
-//   STUB_OPENCL       "0": no OpenCL; "fp32": OpenCL without fp16; else OpenCL with fp16.
+//   STUB_OPENCL       "0": no OpenCL; "fp32": OpenCL without fp16; else OpenCL with fp16. (The runner reads fp16
+//                     from the device, i.e. from tests/sim/stub_opencl.cc, which follows the same variable.)
 //   STUB_CONFIG_LOG   file to which every config call is appended, one line each.
 #include <cstdint>
 #include <cstdlib>
