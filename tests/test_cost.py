@@ -17,12 +17,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import FAULTY, FIXTURES, ROOT, ppocr_model, run_cli
+from conftest import FAULTY, FIXTURES, ROOT, ppocr_model, require, run_cli
+from faulty_lib import make_faulty_opencl_lib
 
 from bisect_lite import compare as compare_module
 from bisect_lite.bisector import RunOptions, run_bisect
 from bisect_lite.cache import Cache
 from bisect_lite.compare import CompareConfig, Tolerance, compare_outputs, compare_tensor, quick_compare
+from bisect_lite.engines.lite import native_targets
+from bisect_lite.lite_env import find_lite_env
 from bisect_lite.model import frontier, load_model
 from bisect_lite.npz import BadNpz, NpzReader
 from bisect_lite.phases.observe import FrontierIndex
@@ -249,6 +252,25 @@ def test_a_second_run_takes_the_reference_from_the_cache(det_cold, capsys):
     assert 0 < ref["saved_seconds"] <= cold["reference"]["seconds"] and ref["load_seconds"] < ref["seconds"]
     assert "reference dump from the cache" in " ".join(stdout.split())
     assert "Reference dump: from the cache" in (out / "report.md").read_text()
+
+
+def test_a_real_opencl_kernel_fault_is_localised_in_three_target_runs(tmp_path):
+    """Real Paddle-Lite OpenCL kernels (PoCL) with one kernel made wrong (tests/faulty_lib.py): `lite:*` is
+    fetch-invariant, so the second whole-model run fetches every tensor that survives its fusion, by default."""
+    natives = native_targets(find_lite_env())
+    require("opencl" in natives, "real OpenCL kernels are not provisioned (run `bisect-lite setup lite`)")
+    faulty = make_faulty_opencl_lib(Path(natives["opencl"]["lib"]), tmp_path / "faulty")
+    options = RunOptions(
+        ref="paddle", target=f"lite:opencl,lib={faulty.path}", out=tmp_path / "out",
+        inputs=FIXTURES / "unet" / "inputs.npz", minimise=False,
+    )  # fmt: skip
+    report = run_bisect(FIXTURES / "unet", options)
+    [culprit] = report["culprits"]
+    assert culprit["type"] in faulty.op_types, culprit
+    by_phase = report["target_runs_by_phase"]
+    assert sum(by_phase.get(k, 0) for k in ("confirm", "setup", "search")) <= 3, by_phase
+    every = report["full_model"]["every_tensor"]
+    assert every["observed"] and every["batches"] == 1, every
 
 
 def test_the_cached_reference_is_keyed_and_checked(tmp_path):

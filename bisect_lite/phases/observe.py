@@ -181,9 +181,10 @@ def locate(
         ctx.search_strategy = "multicut"
         ctx.search_strategy_reason = f"{why}; cuts observed per run: {widths}, answer confirmed by a plain probe"
         if observed:
+            how = "by a plain probe of its cut" if widths else "by the plain whole model (its cut is the last)"
             ctx.search_strategy_reason = (
-                f"{why}; the whole-model runs observed every tensor, the first op beyond the judgement was "
-                f"confirmed by a plain probe (runs: {widths})"
+                f"{why}; the second whole-model run observed every tensor, the first op beyond the judgement was "
+                f"confirmed {how}"
             )
         return result
     ctx.search_strategy = "multicut, then binary"
