@@ -219,6 +219,16 @@ def _input(model: Model, index: int, slot: str, read: Reader) -> np.ndarray | No
     return None if value is None else np.asarray(value)
 
 
+def _float_input(model: Model, index: int, slot: str, read: Reader) -> np.ndarray | None:
+    """Op `index`'s `slot` input when it is a non-empty float tensor (only those can leave fp16's range)."""
+    x = _input(model, index, slot, read)
+    return x if x is not None and x.dtype.kind == "f" and x.size else None
+
+
+def _reduced_dims(op_type: str, attrs: dict, x: np.ndarray) -> tuple[int, ...]:
+    return _attr_dims(attrs, x.ndim) if op_type != "mean" else tuple(range(x.ndim))
+
+
 def accumulated_max(model: Model, index: int, read: Reader) -> float | None:
     """The largest |sum| op `index` holds in a half-precision accumulator before dividing or storing (see the
     module docstring); None for ops without one."""
@@ -226,14 +236,13 @@ def accumulated_max(model: Model, index: int, read: Reader) -> float | None:
     attrs = model.op_attrs(index)
     try:
         if op.type in REDUCTIONS:
-            x = _input(model, index, "X", read)
-            if x is None or x.dtype.kind != "f" or not x.size:
+            x = _float_input(model, index, "X", read)
+            if x is None:
                 return None
-            dims = _attr_dims(attrs, x.ndim) if op.type != "mean" else tuple(range(x.ndim))
-            return float(np.abs(x.sum(axis=dims, dtype=np.float64)).max())
+            return float(np.abs(x.sum(axis=_reduced_dims(op.type, attrs, x), dtype=np.float64)).max())
         if op.type == "layer_norm":
-            x = _input(model, index, "X", read)
-            if x is None or x.dtype.kind != "f" or not x.size:
+            x = _float_input(model, index, "X", read)
+            if x is None:
                 return None
             begin = int(attrs.get("begin_norm_axis", 1))
             rows = x.reshape(int(np.prod(x.shape[:begin])), -1).astype(np.float64)
@@ -260,11 +269,10 @@ def partial_sum_bound(model: Model, index: int, read: Reader) -> float | None:
     attrs = model.op_attrs(index)
     try:
         if op.type in REDUCTIONS:
-            x = _input(model, index, "X", read)
-            if x is None or x.dtype.kind != "f" or not x.size:
+            x = _float_input(model, index, "X", read)
+            if x is None:
                 return None
-            dims = _attr_dims(attrs, x.ndim) if op.type != "mean" else tuple(range(x.ndim))
-            return float(np.abs(x).sum(axis=dims, dtype=np.float64).max())
+            return float(np.abs(x).sum(axis=_reduced_dims(op.type, attrs, x), dtype=np.float64).max())
         if op.type in CONVS:
             x, w = _input(model, index, "Input", read), _input(model, index, "Filter", read)
             if x is None or w is None or x.ndim != 4 or w.ndim != 4:

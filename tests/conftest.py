@@ -52,6 +52,20 @@ def require(condition: object, why: str) -> None:
         pytest.skip(why)
 
 
+@pytest.fixture(scope="module")
+def natives() -> dict[str, dict]:
+    """The real ARM (QEMU) and OpenCL (PoCL) targets `bisect-lite setup lite` provisioned (required in CI)."""
+    from bisect_lite.engines.lite import native_targets
+    from bisect_lite.lite_env import find_lite_env
+
+    found = native_targets(find_lite_env())
+    require(
+        {"arm", "opencl"} <= set(found),
+        "real ARM/OpenCL kernels are not provisioned (run `bisect-lite setup lite`; it builds the native runners)",
+    )
+    return found
+
+
 def ppocr_model(name: str) -> Path:
     path = PPOCR / name
     require((path / "model.pdmodel").exists(), f"{path} is missing (BISECT_LITE_SHARED_MODELS names shared/)")

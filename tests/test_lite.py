@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE_NAMES, FIXTURES, ROOT, load_fixture_inputs, require, run_cli
+from conftest import FIXTURE_NAMES, FIXTURES, ROOT, load_fixture_inputs, run_cli
 from faulty_lib import make_faulty_opencl_lib
 
 from bisect_lite.bisector import RunOptions, run_bisect
 from bisect_lite.cache import Cache
 from bisect_lite.compare import CompareConfig, compare_outputs
-from bisect_lite.engines.lite import native_targets
 from bisect_lite.engines.native import file_sha256
 from bisect_lite.engines.registry import create_engine, default_tolerance
 from bisect_lite.engines.runner import EngineRunner
@@ -72,16 +71,6 @@ def stand_ins(tmp_path_factory):
         for knob in ("PADDLELITE_SIM_CL_FP16", "OPENCL_MEMORY_CONFIG_FILE", "ANDROID_SERIAL"):
             mp.delenv(knob, raising=False)
         yield root
-
-
-@pytest.fixture(scope="module")
-def natives() -> dict[str, dict]:
-    found = native_targets(find_lite_env())
-    require(
-        {"arm", "opencl"} <= set(found),
-        "real ARM/OpenCL kernels are not provisioned (run `bisect-lite setup lite`; it builds the native runners)",
-    )
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, load_fixture_inputs, require, run_cli
+from conftest import FIXTURES, load_fixture_inputs, run_cli
 from faulty_lib import make_faulty_opencl_lib
 
 from bisect_lite.compare import CompareConfig, compare_outputs
 from bisect_lite.engines.base import Job
-from bisect_lite.engines.lite import native_targets
 from bisect_lite.engines.native import file_sha256, write_inputs
 from bisect_lite.engines.registry import create_engine, default_tolerance, resolve_engines
 from bisect_lite.engines.runner import EngineRunner
@@ -36,16 +35,6 @@ from bisect_lite.lite_env import find_lite_env
 from bisect_lite.model import load_model
 
 MODEL = "unet"  # 37 ops: conv, pool, conv_transpose, concat; 0.4 s a run under QEMU
-
-
-@pytest.fixture(scope="module")
-def natives() -> dict[str, dict]:
-    found = native_targets(find_lite_env())
-    require(
-        {"arm", "opencl"} <= set(found),
-        "real ARM/OpenCL kernels are not provisioned (run `bisect-lite setup lite`; it builds the native runners)",
-    )
-    return found
 
 
 @pytest.fixture(scope="module")
