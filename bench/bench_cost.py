@@ -275,13 +275,14 @@ def main() -> None:
     parser.add_argument("--search", default="auto", help="--corpus: the search option of every case")
     parser.add_argument("--json", type=Path, help="append one JSON line per case and method")
     args = parser.parse_args()
-    base_cache = Path(tempfile.mkdtemp(prefix="bisect-lite-bench-"))
-    os.environ["BISECT_LITE_CACHE"] = ENV["BISECT_LITE_CACHE"] = str(base_cache / "shared")
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as tmp_name:
+        tmp = Path(tmp_name)
+        base_cache = tmp / "caches"  # one per method (cold), removed with the rest
+        os.environ["BISECT_LITE_CACHE"] = ENV["BISECT_LITE_CACHE"] = str(base_cache / "shared")
         if args.corpus:
-            corpus(args, Path(tmp_name), base_cache)
+            corpus(args, tmp, base_cache)
         else:
-            compare_methods(args, Path(tmp_name), base_cache)
+            compare_methods(args, tmp, base_cache)
 
 
 def compare_methods(args: argparse.Namespace, tmp: Path, base_cache: Path) -> None:

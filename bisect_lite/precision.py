@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from bisect_lite.compare import CompareConfig, Comparison, TensorMetrics, compare_tensor, dot
+from bisect_lite.compare import CompareConfig, Comparison, Scratch, TensorMetrics, compare_tensor, dot
 from bisect_lite.fp16_range import target_range_failure
 from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import Model, truncate
@@ -118,7 +118,9 @@ def error_stats(ref: np.ndarray, other: np.ndarray, k_red: int = 1, isolated: bo
     return ExpectedError(rel, float(np.abs(d).max()), absmax, k_red, isolated)
 
 
-def finite_error(r: np.ndarray, o: np.ndarray, absmax: bool = True) -> tuple[float, float, float] | None:
+def finite_error(
+    r: np.ndarray, o: np.ndarray, absmax: bool = True, scratch: Scratch | None = None
+) -> tuple[float, float, float] | None:
     """(rel L2, max abs of o - r, max |r|) of two flat float32 arrays, in a few passes and one temporary; None
     unless every element of both is finite (finite sums of squares prove it: NaN/inf, or squares beyond float32,
     make them infinite), and then the masked statistics of `error_stats` are needed. `absmax=False`: max |r| is not
@@ -126,7 +128,7 @@ def finite_error(r: np.ndarray, o: np.ndarray, absmax: bool = True) -> tuple[flo
     if not r.size:
         return 0.0, 0.0, 0.0
     rr = dot(r, r)
-    d = np.subtract(o, r)
+    d = np.subtract(o, r, out=None if scratch is None else scratch.get(0, r.size, r.dtype))
     dd = dot(d, d)
     if not (math.isfinite(rr) and math.isfinite(dd)):
         return None
@@ -584,9 +586,10 @@ def deep_check(
     stats: dict[str, tuple[ExpectedError | None, TensorMetrics]] = {}
     ranged: dict[str, str] = {}  # name -> the fp16 range failure of the target there (fails whatever the bounds)
     order: list[str] = []
+    scratch = Scratch()
     for name, out in observed:
         ref = values[name]
-        quick = fast_stats(name, ref, out, expectations, config)
+        quick = fast_stats(name, ref, out, expectations, config, scratch)
         if quick is not None:
             stats[name] = (quick, quick_metrics(name, quick, ref, out))
         else:
@@ -626,7 +629,12 @@ def deep_check(
 
 
 def fast_stats(
-    name: str, ref: np.ndarray, target: np.ndarray, expectations: Mapping[str, ExpectedError], config: CompareConfig
+    name: str,
+    ref: np.ndarray,
+    target: np.ndarray,
+    expectations: Mapping[str, ExpectedError],
+    config: CompareConfig,
+    scratch: Scratch | None = None,
 ) -> ExpectedError | None:
     """rel L2 and max abs of a float tensor the precision rule can judge from them alone (20x cheaper than the
     element rule's statistics); None when it needs the full comparison (no expectation, a --tol override, other
@@ -638,7 +646,7 @@ def fast_stats(
         return None
     r, t = (a.reshape(-1).astype(np.float32, copy=False) for a in (ref, target))
     # the rule reads the expectation's max |ref|, not this one's
-    quick = finite_error(r, t, absmax=False)
+    quick = finite_error(r, t, absmax=False, scratch=scratch)
     if quick is None:
         return None
     rel, max_abs, _ = quick

@@ -23,7 +23,7 @@ from faulty_lib import make_faulty_opencl_lib
 from bisect_lite import compare as compare_module
 from bisect_lite.bisector import RunOptions, run_bisect
 from bisect_lite.cache import Cache
-from bisect_lite.compare import CompareConfig, Tolerance, compare_outputs, compare_tensor, quick_compare
+from bisect_lite.compare import CompareConfig, Scratch, Tolerance, compare_outputs, compare_tensor, quick_compare
 from bisect_lite.engines.lite import native_targets
 from bisect_lite.lite_env import find_lite_env
 from bisect_lite.model import frontier, load_model
@@ -319,10 +319,14 @@ def test_quick_tolerance_verdict_agrees_with_the_element_rule(scale):
     rng = np.random.default_rng(1)
     config = CompareConfig(default=Tolerance(1e-4, 1e-4))
     ref = (scale * rng.standard_normal((4, 30_000))).astype(np.float32)
+    scratch = Scratch()  # work arrays reused across tensors give the same answers
     for noise in (1e-7, 3e-6, 1e-3):
         target = (ref + noise * scale * rng.standard_normal(ref.shape)).astype(np.float32)
         quick, full = quick_compare("a", ref, target, config), compare_tensor("a", ref, target, config)
         assert quick is not None and quick.passed == full.passed, (noise, quick, full)
+        head = (ref[:3], target[:3])
+        assert quick_compare("a", *head, config, scratch) == quick_compare("a", *head, config)
+        assert quick_compare("a", ref, target, config, scratch) == quick
         assert quick.rel_l2 == pytest.approx(full.rel_l2, rel=1e-4) and quick.max_abs == pytest.approx(full.max_abs)
         assert quick.atol == pytest.approx(full.atol, rel=1e-4)
     # NaN, another shape or a worst element at its allowance go to the element rule

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bisect_lite.compare import Comparison, compare_tensor, quick_compare
+from bisect_lite.compare import Comparison, Scratch, compare_tensor, quick_compare
 from bisect_lite.engines.base import RunResult
 from bisect_lite.engines.runner import Observed
 from bisect_lite.model import Model
@@ -193,10 +193,10 @@ def judge_every_tensor(ctx: RunContext, observed: Observed) -> DeepCheck:
             ctx.precision = replace(ctx.precision, noise_scale=check.noise_scale)
         return check
     config, producers = ctx.options.compare, ctx.model.producers
-    check, cmp = DeepCheck(), Comparison()
+    check, cmp, scratch = DeepCheck(), Comparison(), Scratch()
     for name, out in observed.stream():
         ref = ctx.values[name]
-        cmp.tensors.append(quick_compare(name, ref, out, config) or compare_tensor(name, ref, out, config))
+        cmp.tensors.append(quick_compare(name, ref, out, config, scratch) or compare_tensor(name, ref, out, config))
     check.checked, check.comparison = len(cmp.tensors), cmp
     check.depth = [
         (producers[m.name], m.rel_l2)
