@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bisect_lite.errors import EngineUnavailable, InputError
-from bisect_lite.fsutil import atomic_dir, atomic_write_bytes, is_inside
+from bisect_lite.fsutil import atomic_dir, atomic_write_bytes, file_sha256, is_inside
 from bisect_lite.model import Model, write_model_files
 
 MANIFEST = "manifest.json"
@@ -67,20 +67,14 @@ def inputs_hash(inputs: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()[:20]
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_manifest(directory: Path, npz_by_crc: bool = False) -> None:
     """SHA-256 of every file. `npz_by_crc`: an .npz is recorded by its size and the CRC-32 of each array, read
     from its zip directory (no data read): a reference dump is hundreds of MB, and hashing it cost a tenth of a
     PP-OCRv5 det run; the check recomputes the CRCs from the data."""
     files = {
-        p.name: {"size": p.stat().st_size, "crc32": _zip_crcs(p)} if npz_by_crc and p.suffix == ".npz" else _file_sha(p)
+        p.name: (
+            {"size": p.stat().st_size, "crc32": _zip_crcs(p)} if npz_by_crc and p.suffix == ".npz" else file_sha256(p)
+        )
         for p in sorted(directory.iterdir())
         if p.is_file()
     }
@@ -100,7 +94,7 @@ def _file_ok(directory: Path, name: str, want: Any) -> bool:
         return False
     path = directory / name
     if isinstance(want, str):
-        return _file_sha(path) == want
+        return file_sha256(path) == want
     return path.stat().st_size == want["size"] and _zip_crcs(path, from_data=True) == want["crc32"]
 
 

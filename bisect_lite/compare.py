@@ -662,6 +662,19 @@ def _work(scratch: Scratch | None, slot: int, like: np.ndarray) -> np.ndarray | 
     return None if scratch is None else scratch.get(slot, like.size, like.dtype)
 
 
+def same_shape_metrics(name: str, ref: np.ndarray, target: np.ndarray, **stats: Any) -> TensorMetrics:
+    """TensorMetrics of two tensors of one shape (the quick judgements), with the given statistics."""
+    shape = tuple(int(d) for d in ref.shape)
+    return TensorMetrics(
+        name=name,
+        ref_shape=shape,
+        target_shape=shape,
+        ref_dtype=str(ref.dtype),
+        target_dtype=str(target.dtype),
+        **stats,
+    )
+
+
 def quick_compare(
     name: str, ref: np.ndarray, target: np.ndarray, config: CompareConfig, scratch: Scratch | None = None
 ) -> TensorMetrics | None:
@@ -697,15 +710,12 @@ def quick_compare(
         return None
     nr = math.sqrt(rr)
     rel_l2 = math.sqrt(dd) / nr if nr > 0 else (0.0 if dd == 0 else math.inf)
-    shape = tuple(int(x) for x in ref.shape)
     passed = worst < 1.0
     reason = "" if passed else f"elements up to {worst:.3g}x beyond atol {tol.atol:g} and rtol {tol.rtol:g}"
-    return TensorMetrics(
-        name=name,
-        ref_shape=shape,
-        target_shape=shape,
-        ref_dtype=str(ref.dtype),
-        target_dtype=str(target.dtype),
+    return same_shape_metrics(
+        name,
+        ref,
+        target,
         max_abs=max_abs,
         rel_l2=rel_l2,
         passed=passed,

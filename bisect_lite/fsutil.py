@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +24,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from bisect_lite.errors import InputError
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 MARKER = ".bisect-lite"  # written into every directory bisect-lite creates for the user: "ours, may be replaced"
 

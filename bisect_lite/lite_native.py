@@ -34,7 +34,7 @@ import numpy as np
 
 import bisect_lite
 from bisect_lite.errors import EngineUnavailable
-from bisect_lite.fsutil import atomic_write_text
+from bisect_lite.fsutil import atomic_write_text, file_sha256
 from bisect_lite.lite_env import (
     PROBE_BIAS,
     PROBE_INPUT,
@@ -138,14 +138,6 @@ def find_libraries(libs: Path | None, recorded: Path | None = None) -> tuple[Pat
             f"({layout}, each with include/ beside lib/)"
         )
     return None, f"none: {folder} not found (give --libs DIR or ${LIBS_ENV})", {}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- packages -----------------------------------------------------------------------------------------------
@@ -380,7 +372,7 @@ def _provision(place: str, spec: Place, lib: Path, env: LiteEnv, root: Path, for
     assert compiler is not None
     launcher = [shutil.which(spec.launcher[0]) or spec.launcher[0], *spec.launcher[1:]] if spec.launcher else []
     lib = lib.resolve()
-    digest = sha256_file(lib)
+    digest = file_sha256(lib)
     runner = runner_path(place, compiler, digest, lib, root)
     recorded = env.native.get(place)
     if (

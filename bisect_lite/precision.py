@@ -55,7 +55,15 @@ from typing import Any
 
 import numpy as np
 
-from bisect_lite.compare import CompareConfig, Comparison, Scratch, TensorMetrics, compare_tensor, dot
+from bisect_lite.compare import (
+    CompareConfig,
+    Comparison,
+    Scratch,
+    TensorMetrics,
+    compare_tensor,
+    dot,
+    same_shape_metrics,
+)
 from bisect_lite.fp16_range import target_range_failure
 from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import Model, truncate
@@ -674,13 +682,4 @@ def judge_tensor(
 
 def quick_metrics(name: str, quick: ExpectedError, ref: np.ndarray, target: np.ndarray) -> TensorMetrics:
     """TensorMetrics holding only what the precision rule reads (from `fast_stats`)."""
-    shape = tuple(int(d) for d in ref.shape)
-    return TensorMetrics(
-        name=name,
-        ref_shape=shape,
-        target_shape=shape,
-        ref_dtype=str(ref.dtype),
-        target_dtype=str(target.dtype),
-        rel_l2=quick.rel_l2,
-        max_abs=quick.max_abs,
-    )
+    return same_shape_metrics(name, ref, target, rel_l2=quick.rel_l2, max_abs=quick.max_abs)

@@ -34,10 +34,10 @@ from faulty_lib import make_faulty_opencl_lib
 from bisect_lite.bisector import RunOptions, run_bisect
 from bisect_lite.cache import Cache
 from bisect_lite.compare import CompareConfig, compare_outputs
-from bisect_lite.engines.native import file_sha256
 from bisect_lite.engines.registry import create_engine, default_tolerance
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable, InputError
+from bisect_lite.fsutil import file_sha256
 from bisect_lite.lite_compat import repaired
 from bisect_lite.lite_env import find_lite_env
 from bisect_lite.model import load_model, write_model_files

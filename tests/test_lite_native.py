@@ -26,10 +26,11 @@ from faulty_lib import make_faulty_opencl_lib
 
 from bisect_lite.compare import CompareConfig, compare_outputs
 from bisect_lite.engines.base import Job
-from bisect_lite.engines.native import file_sha256, write_inputs
+from bisect_lite.engines.native import write_inputs
 from bisect_lite.engines.registry import create_engine, default_tolerance, resolve_engines
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable
+from bisect_lite.fsutil import file_sha256
 from bisect_lite.inputs import save_npz
 from bisect_lite.lite_env import find_lite_env
 from bisect_lite.model import load_model

@@ -23,6 +23,7 @@ import pytest
 from conftest import require, run_cli
 
 from bisect_lite import lite_native
+from bisect_lite.fsutil import file_sha256
 from bisect_lite.lite_env import LiteEnv, NativeTarget, convert_probe, find_lite_env, write_probe_model
 from bisect_lite.lite_native import LIBRARY, PLACES, default_libraries, install_packages, missing_packages
 
@@ -121,7 +122,7 @@ def test_setup_builds_and_verifies_both_runners(native_setup):
     arm, opencl = env.native["arm"], env.native["opencl"]
     for place, target in env.native.items():
         assert target.lib == (default_libraries() / PLACES[place].folder / "lib" / LIBRARY).resolve()
-        assert target.lib_sha256 == lite_native.sha256_file(target.lib)
+        assert target.lib_sha256 == file_sha256(target.lib)
         # Built in the environment directory, never in the checkout or the library folder.
         assert target.runner.is_file() and target.runner.is_relative_to(env.manifest.parent / "native")
         # RUNPATH (LD_LIBRARY_PATH can replace the library), not RPATH (which would win over it).
@@ -198,7 +199,7 @@ def test_ld_library_path_replaces_the_library(native, probes, place, tmp_path):
     shutil.copyfile(target.lib, copy)
     with copy.open("ab") as f:
         f.write(b"bisect-lite: a distinct sha256")  # trailing bytes: the loader ignores them
-    assert lite_native.sha256_file(copy) != target.lib_sha256
+    assert file_sha256(copy) != target.lib_sha256
     inputs = write_inputs(tmp_path / "in", np.ones((1, 4), np.float32))
     argv = ("--model", probes[place], "--inputs", inputs, "--outputs", tmp_path / "out")
     if target.launcher:

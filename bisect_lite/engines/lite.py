@@ -68,8 +68,8 @@ from bisect_lite.engines.native import (
     LocalExecutor,
     RunnerExit,
     elf_machine,
-    file_sha256,
     read_outputs,
+    remembered_sha256,
     tail_lines,
     write_inputs,
 )
@@ -453,7 +453,9 @@ class LiteEngine(Engine):
         except OSError:
             identity = str(path)
         library = self._library()
-        runtime = f"|{self.valid_targets}|{self.used_precision}" + (f"|lib {file_sha256(library)}" if library else "")
+        runtime = f"|{self.valid_targets}|{self.used_precision}"
+        if library:
+            runtime += f"|lib {remembered_sha256(library)}"
         return f"{super().cache_key()}|{identity}{runtime}"
 
     def _library(self) -> Path | None:
@@ -477,7 +479,7 @@ class LiteEngine(Engine):
             facts["lite_env"] = str(self.lite_env.root)
         library = self._library()
         if library is not None and library.exists():
-            facts.update(library=str(library), library_sha256=file_sha256(library))
+            facts.update(library=str(library), library_sha256=remembered_sha256(library))
         if self.runs_native_here:
             facts.update(self._native_facts())
         return {**facts, **self._runtime}
@@ -777,7 +779,7 @@ class LiteEngine(Engine):
             library = self._library()
             device = self._device()
             tag = f"{device.get('opencl_platform')}|{device.get('opencl_device')}"
-            owner = file_sha256(library)[:16] if library else "default"
+            owner = remembered_sha256(library)[:16] if library else "default"
             key = f"{owner}-{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
             self._kernels = KernelCache(kernel_cache_root(), key)
         return self._kernels
@@ -816,7 +818,7 @@ class LiteEngine(Engine):
             return self._runner_verdict(ended, job, out_dir)
         # OpenCL here: kernels come from the caches, and a crash on a cached Paddle-Lite binary is retried without it.
         cache = self._kernel_cache()
-        nb_sha = file_sha256(nb)
+        nb_sha = remembered_sha256(nb)
         name = f"{nb_sha[:24]}-{cache.key}-{self.used_precision}"
         for _attempt in range(2):
             run = cache.begin(f"{name}.bin")

@@ -16,7 +16,6 @@ reason of a crash (the signal from the status, Paddle-Lite's fatal line from the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bisect_lite import fsutil
 from bisect_lite.engines.worker import run_in_group
 
 LIBRARY = "libpaddle_light_api_shared.so"
@@ -63,16 +63,12 @@ def elf_machine(path: Path) -> str | None:
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def file_sha256(path: Path) -> str:
+def remembered_sha256(path: Path) -> str:
     """sha256 of a file, remembered per path, size and mtime (a library is hashed once per process)."""
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
+        _SHA_CACHE[key] = fsutil.file_sha256(path)
     return _SHA_CACHE[key]
 
 
