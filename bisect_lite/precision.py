@@ -64,7 +64,7 @@ from bisect_lite.compare import (
     dot,
     same_shape_metrics,
 )
-from bisect_lite.fp16_range import target_range_failure
+from bisect_lite.fp16_range import range_failure_possible, target_range_failure
 from bisect_lite.fsutil import atomic_write_text
 from bisect_lite.model import Model, truncate
 
@@ -108,7 +108,7 @@ def error_stats(ref: np.ndarray, other: np.ndarray, k_red: int = 1, isolated: bo
     o = other.reshape(-1).astype(np.float32, copy=False)
     quick = finite_error(r, o)
     if quick is not None:
-        rel, max_abs, absmax = quick
+        rel, max_abs, absmax, _ = quick
         return ExpectedError(rel, max_abs, absmax, k_red, isolated)
     finite_r = np.isfinite(r)
     both = finite_r & np.isfinite(o)
@@ -128,13 +128,13 @@ def error_stats(ref: np.ndarray, other: np.ndarray, k_red: int = 1, isolated: bo
 
 def finite_error(
     r: np.ndarray, o: np.ndarray, absmax: bool = True, scratch: Scratch | None = None
-) -> tuple[float, float, float] | None:
-    """(rel L2, max abs of o - r, max |r|) of two flat float32 arrays, in a few passes and one temporary; None
-    unless every element of both is finite (finite sums of squares prove it: NaN/inf, or squares beyond float32,
-    make them infinite), and then the masked statistics of `error_stats` are needed. `absmax=False`: max |r| is not
-    wanted (0.0), two passes fewer."""
+) -> tuple[float, float, float, float] | None:
+    """(rel L2, max abs of o - r, max |r|, L2 norm of r) of two flat float32 arrays, in a few passes and one
+    temporary; None unless every element of both is finite (finite sums of squares prove it: NaN/inf, or squares
+    beyond float32, make them infinite), and then the masked statistics of `error_stats` are needed.
+    `absmax=False`: max |r| is not wanted (0.0), two passes fewer."""
     if not r.size:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     rr = dot(r, r)
     d = np.subtract(o, r, out=None if scratch is None else scratch.get(0, r.size, r.dtype))
     dd = dot(d, d)
@@ -143,7 +143,7 @@ def finite_error(
     peak = max(float(r.max()), -float(r.min())) if absmax else 0.0
     max_abs = max(float(d.max()), -float(d.min()))
     nr, nd = math.sqrt(rr), math.sqrt(dd)
-    return (nd / nr if nr > 0 else (0.0 if nd == 0 else math.inf)), max_abs, peak
+    return (nd / nr if nr > 0 else (0.0 if nd == 0 else math.inf)), max_abs, peak, nr
 
 
 def reduction_length(model: Model, index: int) -> int:
@@ -597,12 +597,12 @@ def deep_check(
     scratch = Scratch()
     for name, out in observed:
         ref = values[name]
-        quick = fast_stats(name, ref, out, expectations, config, scratch)
-        if quick is not None:
-            stats[name] = (quick, quick_metrics(name, quick, ref, out))
+        fast = fast_stats(name, ref, out, expectations, config, scratch)
+        if fast is not None:
+            stats[name] = (fast[0], quick_metrics(name, fast[0], ref, out))
         else:
             stats[name] = (None, compare_tensor(name, ref, out, config))
-        if name not in config.overrides:
+        if name not in config.overrides and (fast is None or fast[1]):
             range_failure = target_range_failure(ref, out)
             if range_failure is not None:
                 ranged[name] = range_failure[1]
@@ -643,10 +643,11 @@ def fast_stats(
     expectations: Mapping[str, ExpectedError],
     config: CompareConfig,
     scratch: Scratch | None = None,
-) -> ExpectedError | None:
+) -> tuple[ExpectedError, bool] | None:
     """rel L2 and max abs of a float tensor the precision rule can judge from them alone (20x cheaper than the
-    element rule's statistics); None when it needs the full comparison (no expectation, a --tol override, other
-    dtypes or shapes, NaN/inf on either side)."""
+    element rule's statistics), and whether the tensor may show an fp16 range failure at all (its reference's norm
+    tells: `range_failure_possible`); None when it needs the full comparison (no expectation, a --tol override,
+    other dtypes or shapes, NaN/inf on either side)."""
     e = expectations.get(name)
     if e is None or name in config.overrides or e.rel_l2 is None:
         return None
@@ -657,8 +658,8 @@ def fast_stats(
     quick = finite_error(r, t, absmax=False, scratch=scratch)
     if quick is None:
         return None
-    rel, max_abs, _ = quick
-    return ExpectedError(rel, max_abs, 0.0)
+    rel, max_abs, _, ref_norm = quick
+    return ExpectedError(rel, max_abs, 0.0), range_failure_possible(r.size, ref_norm)
 
 
 def judge_tensor(
@@ -671,13 +672,14 @@ def judge_tensor(
 ) -> TensorMetrics:
     """One tensor judged as the every-tensor check judges it (`fast_stats` when they suffice, else the full
     comparison); bench_precision uses it."""
-    quick = fast_stats(name, ref, target, expectations, config)
-    if quick is None:
+    fast = fast_stats(name, ref, target, expectations, config)
+    if fast is None:
         full = compare_tensor(name, ref, target, config)
         if name in config.overrides:
             return full
         return with_range_check(rule.judge(full, expectations.get(name)), ref, target)
-    return with_range_check(rule.judge(quick_metrics(name, quick, ref, target), expectations.get(name)), ref, target)
+    judged = rule.judge(quick_metrics(name, fast[0], ref, target), expectations.get(name))
+    return with_range_check(judged, ref, target) if fast[1] else judged
 
 
 def quick_metrics(name: str, quick: ExpectedError, ref: np.ndarray, target: np.ndarray) -> TensorMetrics:

@@ -27,6 +27,7 @@ from bisect_lite.fp16_range import (
     UNDERFLOW_SHARE,
     RangeFinding,
     model_range,
+    range_failure_possible,
     target_range_failure,
     value_range,
 )
@@ -149,6 +150,25 @@ def test_the_expectation_engine_rounds_without_range(built):
 
 
 # ---- 2. range findings in a target's values ---------------------------------------------------------------------
+def test_the_range_pre_check_never_skips_a_tensor_with_a_range_failure():
+    """The every-tensor check skips `target_range_failure` when the reference's norm rules it out: every case
+    where it finds something must be one the pre-check keeps, and typical activations must be skipped."""
+    found = skipped = 0
+    for scale in (1e-7, 1e-5, 1e-3, 0.05, 1.0, 30.0, 3e3, 4e4, 1.5e5):
+        for size in (1, 7, 1000, 200_000):
+            ref = (RNG.standard_normal(size) * scale).astype(np.float32)
+            flushed = np.where(np.abs(ref) < 2.0**-14, 0, ref)
+            for target in (np.clip(ref, -FP16_MAX, FP16_MAX), flushed, round_fp16(ref)):
+                target = target.astype(np.float32)
+                norm = float(np.linalg.norm(ref.astype(np.float64)))
+                possible = range_failure_possible(ref.size, norm)
+                if target_range_failure(ref, target) is not None:
+                    found += 1
+                    assert possible, (scale, size)
+                skipped += not possible
+    assert found >= 6 and skipped >= 20, (found, skipped)
+
+
 def test_target_range_failures_pinned_and_flushed():
     ref = np.linspace(-1.2e5, 1.2e5, 64, dtype=np.float32)
     assert target_range_failure(ref, np.clip(ref, -FP16_MAX, FP16_MAX))[0] == OVERFLOW
