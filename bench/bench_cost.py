@@ -4,7 +4,8 @@ with faults at 10 %, 50 % and 90 %.
 
 Engines: `--ref` (default `paddle`) and `--target`. The default target is the tests' fault-planting `cmd` engine
 (tests/engines/faulty_target.py: Paddle Inference in a server process, one op's output scaled by 1.5); it computes
-in fp32 and the same values whatever it fetches, so it is declared fp32 and may opt into the multi-cut path. Any
+in fp32 and the same values whatever it fetches: it is declared fp32, and `--search auto` shows it fetch-invariant
+(its outputs stay bit-identical when every tensor is fetched), as `--search multicut` declares it. Any
 other target spec is used as given, `{faults}` in it replaced by the path of the faults JSON (a runner that plants
 faults itself); a spec without `{faults}` plants nothing, and the rows then show the verdict of a healthy run.
 Every method runs in its own process so that its peak RSS is its own; the fault server is restarted per method and
@@ -22,8 +23,8 @@ Methods:
   (must fail: "found" needs both) and `--linear-samples` evenly spaced cuts below it, and extrapolates the wall
   time as the mean time per cut run times the number of runs (marked `~`).
 Every bisect-lite method starts on a cold cache of its own (the reference is computed), except multicut+cache.
-Columns: target runs by phase (confirm/setup/search/isolate/minimise), wall time of the run (repro and report
-writing excluded), its share outside engine runs, the reference dump's time (`c`: computed, `$`: from the cache),
+Columns: target runs by phase (confirm/setup/search/isolate/minimise/determinism), wall time of the run (repro and
+report writing excluded), its share outside engine runs, the reference dump's time (`c`: computed, `$`: from the cache),
 peak RSS of bisect-lite, the reference worker and the target engine.
 
 --healthy SPEC adds one row per model: `run` of SPEC with no fault (e.g. `fp16`: the precision model judges it).
@@ -56,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FAULTY = ROOT / "tests" / "engines" / "faulty_target.py"
 PPOCR = Path(os.environ.get("PPOCR_DIR", ROOT.parent / "shared" / "models" / "ppocrv5"))  # shared/ beside the checkout
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "GLOG_minloglevel": "3", "PYTHONWARNINGS": "ignore"}
-PHASES = ("confirm", "setup", "search", "isolate", "minimise")
+PHASES = ("confirm", "setup", "search", "isolate", "minimise", "determinism")
 
 
 # ---- the fault server ----------------------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ def compare_methods(args: argparse.Namespace, tmp: Path, base_cache: Path) -> No
     depths = [float(d) for d in args.depths.split(",") if d]
     methods = args.methods.split(",")
     print(
-        f"{'model':<6} {'ops':>5} {'fault':>5} {'method':<14} {'found':>5} {'runs':>6} {'c/su/s/i/m':>11} "
+        f"{'model':<6} {'ops':>5} {'fault':>5} {'method':<14} {'found':>5} {'runs':>6} {'c/su/s/i/m/d':>13} "
         f"{'log2N':>5} {'wall s':>8} {'outside':>7} {'ref s':>7} {'self MB':>7} {'ref MB':>6} {'tgt MB':>6}"
     )
     for name, model_dir in model_dirs(args.models.split(","), tmp).items():
@@ -350,7 +351,7 @@ def print_row(row: dict[str, Any]) -> None:
     ref_s = f"{ref['seconds']:.1f}{'$' if ref.get('dump') == 'cache' else 'c'}" if "seconds" in ref else "-"
     print(
         f"{row['model']:<6} {row['ops']:>5} {planted:>5} {row['method']:<14} {found:>5} "
-        f"{approx + str(row['runs']):>6} {by_phase:>11} {row.get('expected', '')!s:>5} "
+        f"{approx + str(row['runs']):>6} {by_phase:>13} {row.get('expected', '')!s:>5} "
         f"{approx + format(row['seconds'], '.1f'):>8} {100 * outside:>6.1f}% {ref_s:>7} "
         f"{peaks.get('bisect-lite', 0):>7.0f} {peaks.get('reference worker', 0):>6.0f} "
         f"{peaks.get('target engine', peaks.get('target worker', 0)):>6.0f}",
@@ -370,7 +371,7 @@ def corpus(args: argparse.Namespace, tmp: Path, base_cache: Path) -> None:
     ratios: list[float] = []
     missed: list[str] = []
     dirs = model_dirs(sorted({m for m, _ in CORPUS}), tmp)
-    head = f"{'model':<12} {'ops':>5} {'fault':>5} {'found':>6} {'runs':>5} {'c/su/s/i/m':>11} {'log2N':>5}"
+    head = f"{'model':<12} {'ops':>5} {'fault':>5} {'found':>6} {'runs':>5} {'c/su/s/i/m/d':>13} {'log2N':>5}"
     print(f"{head} {'ratio':>6}")
     for name, depth in CORPUS:
         from bisect_lite.model import load_model
@@ -394,7 +395,7 @@ def corpus(args: argparse.Namespace, tmp: Path, base_cache: Path) -> None:
             ratios.append(ratio)
         else:
             missed.append(f"{name} op {index}")
-        print(f"{name:<12} {n_ops:>5} {index:>5} {found:>6} {row['runs']:>5} {phases:>11} {bound:>5} {ratio:>6.2f}")
+        print(f"{name:<12} {n_ops:>5} {index:>5} {found:>6} {row['runs']:>5} {phases:>13} {bound:>5} {ratio:>6.2f}")
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps({**row, "model": name, "ops": n_ops, "planted": index, "corpus": True}) + "\n")

@@ -35,7 +35,7 @@ from bisect_lite.journal import Journal
 from bisect_lite.model import Model, load_model
 from bisect_lite.options import RunOptions
 from bisect_lite.phases.bundle import culprit_entry, tolerance_dict, write_outputs
-from bisect_lite.phases.confirm import confirm_failure
+from bisect_lite.phases.confirm import confirm_failure, decide_determinism
 from bisect_lite.phases.context import Events, RunContext
 from bisect_lite.phases.isolate import isolate_culprit
 from bisect_lite.phases.minimise import minimise_shapes
@@ -183,6 +183,7 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
         report["fp16_range"] = [f.to_dict() for f in predict_range(model, range_reader(ctx.values))]
     whole, nondet = confirm_failure(ctx, report)
     if whole.status == Status.PASS:
+        decide_determinism(ctx, report)
         report["verdict"] = within_precision(ctx, report)
         report["probes"] = []
         report["search_probes"] = 0
@@ -207,6 +208,7 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
         if len(confirmed.get("ops", [])) == 1 and confirmed["ops"][0] != culprit:
             located["index"] = culprit = confirmed["ops"][0]  # delta debugging pinned another op
         located_total += 1
+        nondet = decide_determinism(ctx, report)
         # The diagnosis reads the full-size evidence; shrunk inputs only make the bundle small.
         entry = culprit_entry(ctx, located, confirmed, nondet)
         twin = same_root_cause(report["culprits"], entry)
@@ -243,6 +245,7 @@ def _run(ctx: RunContext) -> tuple[dict[str, Any], list[tuple[dict[str, Any], di
             outcome = segment_outcome(ctx, start)
         if outcome.status == Status.PASS:
             break
+    decide_determinism(ctx, report)  # when nothing was located
     report["probes"] = [p.to_dict() for p in ctx.probes]
     # Target runs of the search (a run observing several cuts counts once); -1: placement probes
     report["search_probes"] = search_runs(ctx, 0) + search_runs(ctx, -1)

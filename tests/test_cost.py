@@ -46,12 +46,12 @@ def localisation_runs(report: dict) -> int:
 
 @pytest.fixture(scope="module")
 def resnet_runs(fault_server, tmp_path_factory):
-    """The same planted fault in resnet (op 23, on a branch) searched by the default (binary, for a cmd: target)
-    and by the multi-cut search the faulty engine may opt into (it computes the same whatever it fetches)."""
+    """The same planted fault in resnet (op 23, on a branch) searched by the binary search and by the default,
+    which tests whether the cmd: target computes the same whatever it fetches (the faulty engine does)."""
     tmp = tmp_path_factory.mktemp("resnet")
     target = faulty_target(fault_server, tmp, "batch_norm_7.tmp_0")
     reports = {}
-    for search in ("auto", "multicut"):
+    for search in ("binary", "auto"):
         options = RunOptions(
             ref="paddle",
             target=target,
@@ -77,10 +77,15 @@ def test_runs_by_phase_and_the_localisation_bound(resnet_runs):
         assert saved["target_runs_by_phase"] == by_phase and saved["search_strategy"] == report["search_strategy"]
 
 
-def test_cmd_target_keeps_the_binary_search_and_multicut_finds_the_same_op_in_fewer_runs(resnet_runs):
-    binary, multi = resnet_runs["auto"], resnet_runs["multicut"]
-    assert binary["search_strategy"] == "binary" and "--search multicut opts in" in binary["search_strategy_reason"]
+def test_a_cmd_target_shown_fetch_invariant_finds_the_same_op_in_fewer_runs(resnet_runs):
+    binary, multi = resnet_runs["binary"], resnet_runs["auto"]
+    assert binary["search_strategy"] == "binary" and binary["search_strategy_reason"] == "--search binary"
+    assert "every_tensor" not in binary["full_model"]
+    # --search auto: the second whole-model run fetched every tensor and returned bit-identical outputs
     assert multi["search_strategy"] == "multicut", multi["search_strategy_reason"]
+    assert "bit-identical outputs" in multi["search_strategy_reason"]
+    assert multi["full_model"]["every_tensor"]["fetch_invariance"] == "bit-identical outputs"
+    assert multi["target_nondeterministic"] is False and "determinism" not in multi["target_runs_by_phase"]
     assert [c["index"] for c in binary["culprits"]] == [c["index"] for c in multi["culprits"]] == [23]
     assert multi["target_runs_by_phase"]["search"] < binary["target_runs_by_phase"]["search"]
     assert multi["search_probes"] == multi["target_runs_by_phase"]["search"]
@@ -92,8 +97,27 @@ def test_cmd_target_keeps_the_binary_search_and_multicut_finds_the_same_op_in_fe
     assert len(every["depth"]) == every["checked"] > 20
 
 
+def test_a_cmd_target_whose_values_depend_on_what_it_fetches_keeps_the_binary_search(fault_server, tmp_path):
+    """A fused kernel that a fetch of its inner tensor breaks up (the fault vanishes when conv2d_7.tmp_0 is
+    fetched): the every-tensor run changes the outputs, so the search probes plain cuts, within the binary
+    search's bound, and one plain run after it shows the target deterministic."""
+    target = faulty_target(fault_server, tmp_path, "batch_norm_7.tmp_0", unless_fetched=["conv2d_7.tmp_0"])
+    options = RunOptions(
+        ref="paddle", target=target, out=tmp_path / "out", inputs=FIXTURES / "resnet" / "inputs.npz",
+        minimise=False, target_precision="fp32",
+    )  # fmt: skip
+    report = run_bisect(FIXTURES / "resnet", options)
+    assert [c["index"] for c in report["culprits"]] == [23]
+    assert report["search_strategy"] == "binary" and "outputs changed" in report["search_strategy_reason"]
+    assert report["full_model"]["every_tensor"]["fetch_invariance"] == "changed outputs"
+    assert localisation_runs(report) <= math.ceil(math.log2(report["ops"])) + 2, report["target_runs_by_phase"]
+    assert report["target_runs_by_phase"]["confirm"] == 2 and report["target_runs_by_phase"]["determinism"] == 1
+    assert report["target_nondeterministic"] is False
+    assert any("depends on which tensors it fetches" in n for n in report["notes"]), report["notes"]
+
+
 def test_report_records_the_peak_of_every_process(resnet_runs):
-    peaks = resnet_runs["auto"]["peak_rss_mb"]
+    peaks = resnet_runs["binary"]["peak_rss_mb"]
     assert peaks["bisect-lite"] > 10 and peaks["reference worker"] > 10, peaks
 
 

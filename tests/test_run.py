@@ -129,6 +129,9 @@ def test_nondeterministic_target_is_reported(faulty, tmp_path):
     report = bisect("resnet", target, tmp_path, minimise=False)
     assert report["target_nondeterministic"] is True
     assert report["culprits"][0]["index"] == 11
+    # the second run fetched every tensor and its outputs changed: a third, plain run after the search decided
+    assert report["full_model"]["every_tensor"]["fetch_invariance"] == "changed outputs"
+    assert report["target_runs_by_phase"]["determinism"] == 1 and report["search_strategy"] == "binary"
 
 
 def test_int64_output(faulty, tmp_path):
@@ -198,9 +201,11 @@ def test_interrupt_then_resume_repeats_no_probe(faulty, tmp_path):
             if len(seen) == 2:
                 raise KeyboardInterrupt
 
+    # the binary search: probes one after another (the default observes every tensor, then confirms with one)
     options = RunOptions(
-        ref="paddle", target=target, out=tmp_path / "out", minimise=False, inputs=FIXTURES / "resnet" / "inputs.npz"
-    )
+        ref="paddle", target=target, out=tmp_path / "out", minimise=False, inputs=FIXTURES / "resnet" / "inputs.npz",
+        search="binary",
+    )  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         run_bisect(FIXTURES / "resnet", options, interrupt_after_two)
     assert not (tmp_path / "out" / "repro").exists()  # never a half-written repro

@@ -61,9 +61,10 @@ class Engine:
     # (a rebuilt device runtime, a user's program): a stale result there would hide or invent a fault.
     cache_results: ClassVar[bool] = True
     # The values of a tensor do not depend on which other tensors a run fetches, so one run may observe several
-    # cut points (phases/observe.py). False for programs of unknown nature (cmd:), which `--search multicut`
-    # overrides; the multi-cut search confirms its answer with a plain probe either way.
-    fetch_invariant: ClassVar[bool] = False
+    # cut points (phases/observe.py). None for programs of unknown nature (cmd:): the second whole-model run
+    # tests it (phases/confirm.py), and `--search multicut`/`binary` overrides. The multi-cut search confirms its
+    # answer with a plain probe either way.
+    fetch_invariant: ClassVar[bool | None] = False
 
     def __init__(self, spec: EngineSpec) -> None:
         self.spec = spec

@@ -33,6 +33,7 @@ class CommandEngine(Engine):
     option_help = {"template": "the command template (everything after `cmd:`)"}
     isolated = False  # every run is its own process already
     cache_results = False
+    fetch_invariant = None  # a user's program: the second whole-model run tests it
 
     def __init__(self, spec) -> None:
         super().__init__(spec)

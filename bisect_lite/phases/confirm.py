@@ -5,6 +5,10 @@ The first run is the plain model: its outputs give the whole-model verdict. When
 on what it fetches (the multi-cut search's condition, phases/observe.py), the second run fetches every tensor that
 survives its fusion: its outputs against the first run's show determinism, and every tensor judged (streamed from
 disk, one at a time) names the first op beyond the judgement, which the search then confirms with one plain probe.
+A program of unknown nature (`cmd:`) is tested by the same run: bit-identical outputs show both determinism and
+that fetching more does not change what it computes; outputs that changed leave it to the plain binary search,
+and one more plain run after it tells non-determinism from fetch-dependent values (localisation keeps the binary
+search's bound).
 The tensors observed in one run stay under --max-memory; more are observed in several runs, and the report says
 how many and why. Other targets run the plain model twice; under the precision model every tensor is then judged
 on further runs, one per batch of the reference dump.
@@ -73,11 +77,17 @@ def confirm_failure(ctx: RunContext, report: dict[str, Any]) -> tuple[ProbeOutco
 
 
 def observes_every_tensor(ctx: RunContext) -> bool:
-    """Whether the target's second whole-model run may fetch every tensor: exactly when its search may observe
-    several cuts per run (the same condition; --search binary turns both off)."""
+    """Whether the target's second whole-model run may fetch every tensor: when its search may observe several
+    cuts per run (the same condition; --search binary turns both off), and under --search auto to test a target
+    of unknown nature."""
     from bisect_lite.phases.observe import choose_strategy
 
-    return choose_strategy(ctx, Status.FAIL)[0] == "multicut"
+    return tests_fetch_invariance(ctx) or choose_strategy(ctx, Status.FAIL)[0] == "multicut"
+
+
+def tests_fetch_invariance(ctx: RunContext) -> bool:
+    """A target of unknown nature (a `cmd:` program) under --search auto: the every-tensor run tests it."""
+    return ctx.options.search == "auto" and ctx.target.engine.fetch_invariant is None
 
 
 # ---- a fetch-invariant target: the second run returns every tensor --------------------------------------------------
@@ -106,8 +116,11 @@ def observe_every_tensor(
     ctx.events("phase", {"name": "target", "detail": f"{ctx.target.spec} observing every tensor"})
     with ctx.phase("confirm"):
         observed = ctx.target.observe(ctx.model, batches, ctx.values, "every")
+    testing = tests_fetch_invariance(ctx)
     if observed.crashed:
         observed.remove()
+        if testing:
+            ctx.fetch_invariance_shown = False
         ctx.notes.append(
             f"the target crashed when asked for every tensor ({one_line(observed.crashed)}); the plain model decides"
         )
@@ -128,6 +141,12 @@ def observe_every_tensor(
         ctx.notes.append(f"every-tensor check: {memory}; raise --max-memory to observe them in one run")
     every = every_tensor_section(ctx, report, check)
     every.update(observed=True, batches=len(batches), observed_mb=round(total / (1 << 20), 1), memory=memory)
+    if testing:
+        ctx.fetch_invariance_shown = not differ
+        every["fetch_invariance"] = "changed outputs" if differ else "bit-identical outputs"
+        if differ:
+            ctx.undecided_determinism = {f: first.outputs[f] for f in fetches}
+            return fetch_dependent(ctx, report, whole, check, differ[0])
     _note_nondeterminism(ctx, report, differ, observing=True)
     outcome = outcome_of_every_tensor(ctx, whole, check)
     if outcome.status is Status.FAIL and not proves_engine_works(ctx, check):
@@ -136,6 +155,55 @@ def observe_every_tensor(
     if outcome.detail == EVERY_TENSOR and outcome.blame is not None:
         ctx.observed_blame = outcome.blame
     return outcome, bool(differ)
+
+
+def fetch_dependent(
+    ctx: RunContext, report: dict[str, Any], whole: ProbeOutcome, check: DeepCheck, output: str
+) -> tuple[ProbeOutcome, bool]:
+    """A program of unknown nature whose outputs changed when it fetched every tensor: it computes differently
+    when asked for more (a fusion that fetched tensors break) or is non-deterministic. The binary search's plain
+    probes go on from the first run, and a third run after the search tells which (decide_determinism). Under the
+    precision model the tensors judged point the search at the first one beyond it, checked by two plain probes as
+    on other targets; under tolerances they are not used."""
+    report["target_nondeterministic"] = None  # decided after the search
+    ctx.notes.append(
+        f"the target's outputs changed when the second whole-model run fetched every tensor (first: {output}): it "
+        "computes differently when asked for more tensors, or it is non-deterministic; the search probes plain "
+        "cuts (binary) from the first run"
+    )
+    outcome = whole if ctx.precision is None else outcome_of_every_tensor(ctx, whole, check)
+    if outcome.status is Status.FAIL and not proves_engine_works(ctx, check):
+        if ctx.options.strategy == "placement":
+            with ctx.phase("setup"):
+                check_setup(ctx, whole)
+        else:
+            ctx.setup_pending = True
+    return outcome, False
+
+
+def decide_determinism(ctx: RunContext, report: dict[str, Any]) -> bool:
+    """Whether the target is non-deterministic: as the whole-model runs showed it, or, where they left it open (a
+    program whose outputs changed when it fetched every tensor), by one more plain run of the whole model, counted
+    under `determinism` (it does not localise: it labels the run)."""
+    first = ctx.undecided_determinism
+    if first is None:
+        return bool(report.get("target_nondeterministic"))
+    ctx.undecided_determinism = None
+    model = ctx.model
+    ctx.events("phase", {"name": "target", "detail": f"{ctx.target.spec} on the whole model once more (determinism)"})
+    with ctx.phase("determinism"):
+        again = ctx.target.run(model, ctx.values.get_many(model.feeds), use_cache=False)
+    if not again.ok:
+        ctx.notes.append(f"the determinism check's run failed ({one_line(again.message)}); determinism not decided")
+        return False
+    differ = [k for k in model.fetches if not same_values(first[k], again.outputs[k])]
+    _note_nondeterminism(ctx, report, differ)
+    if not differ:
+        ctx.notes.append(
+            "a third, plain run of the whole model matched the first: the target is deterministic, and what it "
+            "computes depends on which tensors it fetches"
+        )
+    return bool(differ)
 
 
 def proves_engine_works(ctx: RunContext, check: DeepCheck) -> bool:

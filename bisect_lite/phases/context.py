@@ -103,6 +103,12 @@ class RunContext:
     # The first op beyond the judgement as the whole-model runs of a fetch-invariant target observed it (every
     # tensor fetched, phases/confirm.py): the search takes it as an observation and confirms it with a plain probe.
     observed_blame: int | None = None
+    # A target of unknown nature (Engine.fetch_invariant None): whether its outputs stayed bit-identical when the
+    # second whole-model run fetched every tensor (None: not tested). True lets the search observe several cuts.
+    fetch_invariance_shown: bool | None = None
+    # When that run changed the outputs: the first run's outputs. One more plain run, after the search, tells
+    # non-determinism from values that depend on what is fetched (phases/confirm.py decide_determinism).
+    undecided_determinism: dict[str, np.ndarray] | None = None
     # The whole model failed and nothing has shown yet that the target computes anything right: the setup check
     # (phases/confirm.py) runs after the search of segment 0 unless one of its probes passed.
     setup_pending: bool = False

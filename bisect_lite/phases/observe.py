@@ -1,8 +1,9 @@
 """Phase 3, multi-cut: one target run observes the frontiers of several cuts (a k-ary search over cut points).
 
 When the target computes the same values whatever it is asked to return (`Engine.fetch_invariant`: host engines,
-Paddle-Lite fetching only tensors that survive its fusion), a run of the model truncated at the highest of k cuts
-that also fetches the frontiers of the lower ones answers all k cuts. k is as large as the memory budget allows
+Paddle-Lite fetching only tensors that survive its fusion; a `cmd:` program whose whole-model runs showed it), a
+run of the model truncated at the highest of k cuts that also fetches the frontiers of the lower ones answers all
+k cuts. k is as large as the memory budget allows
 (the fetched tensors of one run are held by the engine worker and by this process, so their estimated size stays
 under half of --max-memory, as for the reference batches) and as judging them costs about one target run at most.
 The answer is confirmed by one plain probe; when that disagrees, or the target crashes while observing, the plain
@@ -66,7 +67,17 @@ def choose_strategy(ctx: RunContext, hunted: Status) -> tuple[str, str]:
         return "multicut", "--search multicut"
     if engine.fetch_invariant:
         return "multicut", f"the {engine.name} target computes the same values whatever tensors it returns"
-    why = f"the {engine.name} target may compute differently when asked for more tensors"
+    if engine.fetch_invariant is None and ctx.fetch_invariance_shown:
+        return "multicut", (
+            f"the {engine.name} target returned bit-identical outputs with and without every tensor fetched "
+            "(tested on the second whole-model run)"
+        )
+    if engine.fetch_invariant is None and ctx.fetch_invariance_shown is False:
+        why = f"the {engine.name} target's outputs changed when the second whole-model run fetched every tensor"
+    elif engine.fetch_invariant is None:
+        why = f"the {engine.name} target was not tested for fetching more tensors (the second run did not fetch them)"
+    else:
+        why = f"the {engine.name} target may compute differently when asked for more tensors"
     return "binary", f"{why} (--search multicut opts in)"
 
 

@@ -6,7 +6,9 @@ device runner: it crashes (SIGABRT) or hangs when the server says the model cont
 
 Faults (JSON list), each keyed by the tensor an op writes, so they follow the op into every cut model:
     {"kind": "scale", "tensor": T, "factor": 1.5, "bias": 0.0, "requires": [T0, ...]}   wrong kernel output
-        ("requires": only when the ops writing T0... are in the same model: a fault needing two ops together)
+        ("requires": only when the ops writing T0... are in the same model: a fault needing two ops together;
+         "unless_fetched": not when the model fetches one of these tensors: a fused kernel that a fetch of its
+         inner tensor breaks up, so its values depend on what the run fetches)
     {"kind": "crash", "tensor": T}      abort when the model computes T
     {"kind": "hang", "tensor": T}       never answer when the model computes T
     {"kind": "noise", "tensor": T, "amplitude": 1e-6}   different tiny noise on every run (non-deterministic)
@@ -68,6 +70,8 @@ def server(sock_path: str) -> None:
             if f["tensor"] not in model.producers:
                 continue
             if any(t not in model.producers for t in f.get("requires", [])):
+                continue
+            if any(t in model.fetches for t in f.get("unless_fetched", [])):
                 continue
             if f["kind"] in ("crash", "hang"):
                 return None, f, []
