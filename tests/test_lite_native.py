@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from faulty_lib import make_faulty_opencl_lib
 
 from bisect_lite.compare import CompareConfig, compare_outputs
 from bisect_lite.engines.base import Job
-from bisect_lite.engines.native import write_inputs
+from bisect_lite.engines.native import read_outputs, write_inputs
 from bisect_lite.engines.registry import create_engine, default_tolerance, resolve_engines
 from bisect_lite.engines.runner import EngineRunner
 from bisect_lite.errors import EngineUnavailable
@@ -358,3 +359,39 @@ def test_issue_and_report_show_kernels_and_the_native_steps():
     assert "### Kernels" in text and "x86 (host fallback)" in text
     assert "--valid_targets=x86_opencl" in text and "--precision fp32" in text and "`/l/lib.so`" in text
     assert "qemu-aarch64" not in text
+
+
+def test_runner_outputs_are_copied_into_the_archive_one_file_at_a_time(tmp_path):
+    """The runner's .npy files become the job's .npz keyed by the fetches in order, byte for byte, without being
+    loaded (an every-tensor run of det returns 559 MB); a truncated or missing file is an incomplete output."""
+    from bisect_lite.npz import NpzReader
+
+    out = tmp_path / "out"
+    out.mkdir()
+    arrays = [np.arange(12, dtype=np.float32).reshape(3, 4), np.array(7, np.int64), np.zeros((0, 5), np.float32)]
+    for i, a in enumerate(arrays):
+        np.save(out / f"{i}.npy", a)
+    (out / "names.txt").write_text("a/target_trans\nb\nc\n")
+    (out / "info.json").write_text(json.dumps({"precision_used": "fp32"}))
+    fetches = ["save_infer_model/scale_0.tmp_0", "n", "empty"]
+    info, why = read_outputs(out, fetches, tmp_path / "outputs.npz")
+    assert info == {"precision_used": "fp32"} and why == ""
+    reader = NpzReader(tmp_path / "outputs.npz")
+    assert list(reader) == fetches
+    for name, a in zip(fetches, arrays, strict=True):
+        got = reader[name]
+        assert got.dtype == a.dtype and got.shape == a.shape and np.array_equal(got, a)
+    reader.close()
+    with zipfile.ZipFile(tmp_path / "outputs.npz") as archive:  # the runner's files as they are
+        assert archive.read("n.npy") == (out / "1.npy").read_bytes()
+    # damaged runner outputs: one file cut short, one missing, one count short
+    data = (out / "0.npy").read_bytes()
+    (out / "0.npy").write_bytes(data[:-4])
+    info, why = read_outputs(out, fetches, tmp_path / "bad.npz")
+    assert info is None and "incomplete runner outputs" in why and not (tmp_path / "bad.npz").exists()
+    (out / "0.npy").write_bytes(data)
+    (out / "2.npy").unlink()
+    assert read_outputs(out, fetches, tmp_path / "bad.npz")[0] is None
+    info, why = read_outputs(out, fetches[:2], tmp_path / "short.npz")
+    assert info is None and why == "runner returned 3 outputs, expected 2"
+

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import subprocess
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,17 +87,42 @@ def write_inputs(inputs_file: Path, feeds: list[str], in_dir: Path) -> None:
 
 def read_outputs(out_dir: Path, fetches: list[str], outputs_file: Path) -> tuple[dict[str, Any] | None, str]:
     """(info.json, "") after writing the job's outputs .npz keyed by `fetches` in order (Paddle-Lite renames
-    outputs, e.g. `x/target_trans`, but keeps their order); (None, why) when OUT_DIR is incomplete."""
+    outputs, e.g. `x/target_trans`, but keeps their order); (None, why) when OUT_DIR is incomplete. Each .npy the
+    runner wrote is checked (header, and data as long as it says) and copied into the archive as it is, one at a
+    time: an every-tensor run of PP-OCRv5 det returns 559 MB, which loading them all first held in this process."""
     try:
         info = json.loads((out_dir / "info.json").read_text())
-        names = (out_dir / "names.txt").read_text().splitlines()
-        arrays = [np.load(out_dir / f"{i}.npy", allow_pickle=False) for i in range(len(names))]
+        count = len((out_dir / "names.txt").read_text().splitlines())
     except (OSError, ValueError) as exc:
         return None, f"incomplete runner outputs ({exc})"
-    if len(arrays) != len(fetches):
-        return None, f"runner returned {len(arrays)} outputs, expected {len(fetches)}"
-    np.savez(outputs_file, **dict(zip(fetches, arrays, strict=True)))
+    if count != len(fetches):
+        return None, f"runner returned {count} outputs, expected {len(fetches)}"
+    try:
+        with zipfile.ZipFile(outputs_file, "w", zipfile.ZIP_STORED) as archive:
+            for i, name in enumerate(fetches):
+                path = out_dir / f"{i}.npy"
+                _check_npy(path)
+                archive.write(path, arcname=f"{name}.npy")
+    except (OSError, ValueError) as exc:
+        outputs_file.unlink(missing_ok=True)
+        return None, f"incomplete runner outputs ({exc})"
     return info if isinstance(info, dict) else {}, ""
+
+
+def _check_npy(path: Path) -> None:
+    """ValueError unless `path` is a .npy (version 1 or 2) whose data is as long as its header says (the size is
+    checked, the data not read)."""
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"{path.name}: .npy version {version} is not one the runner writes")
+        needed = f.tell() + math.prod(shape) * dtype.itemsize
+    if dtype.hasobject or path.stat().st_size < needed:
+        raise ValueError(f"{path.name}: truncated or not an array file")
 
 
 def last_json_line(text: str) -> dict[str, Any]:
