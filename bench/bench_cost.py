@@ -28,12 +28,15 @@ report writing excluded), its share outside engine runs, the reference dump's ti
 peak RSS of bisect-lite, the reference worker and the target engine.
 
 --healthy SPEC adds one row per model: `run` of SPEC with no fault (e.g. `fp16`: the precision model judges it).
+--own-fault plants nothing: every method runs on the target's own fault (real kernels: `--target lite:opencl`,
+PP-OCRv5 det's sigmoid NaN, rec's crash on PoCL); "found" is the op each method names, and the linear scan runs up
+to the op the binary search found.
 --corpus runs 20 cases (det, rec, cls, the fixtures; faults at several depths) with `run`'s default options (and
 `--search`) and prints each case's target runs over ceil(log2 N), and their median.
 
 Usage: python bench/bench_cost.py [--models det,rec,chain] [--depths 0.1,0.5,0.9] [--max-memory 1G]
        [--methods binary,multicut,multicut+cache,markall,linear] [--ref SPEC] [--target SPEC] [--healthy SPEC]
-       [--minimise] [--json FILE]
+       [--own-fault] [--minimise] [--json FILE]
        python bench/bench_cost.py --corpus [--search auto|multicut|binary] [--target SPEC] [--json FILE]
 PP-OCRv5 models are read from $PPOCR_DIR (default ../shared/models/ppocrv5 beside the checkout); the chain is generated.
 """
@@ -58,6 +61,7 @@ FAULTY = ROOT / "tests" / "engines" / "faulty_target.py"
 PPOCR = Path(os.environ.get("PPOCR_DIR", ROOT.parent / "shared" / "models" / "ppocrv5"))  # shared/ beside the checkout
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "GLOG_minloglevel": "3", "PYTHONWARNINGS": "ignore"}
 PHASES = ("confirm", "setup", "search", "isolate", "minimise", "determinism")
+OWN = "<the target's own fault>"
 
 
 # ---- the fault server ----------------------------------------------------------------------------------------------
@@ -160,16 +164,18 @@ def child_markall(model_dir: str, ref_dir: str, target: str) -> dict[str, Any]:
     names = [t for _, t in model.data_tensors() if t in values]
     cut = truncate(model, names)
     result = runner.run(cut, {f: inputs[f] for f in cut.feeds})
-    found = None
+    found, verdict = None, result.status  # crash or timeout unless it ran
     if result.ok:
         cmp = compare_outputs(values, result.outputs, config, names=names)
         failing = set(cmp.failing)
         found = next((model.producers[t] for t in names if t in failing), None)
+        verdict = "mismatch" if failing else "match"
     seconds = time.perf_counter() - t0
     runner.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "found": found,
+        "verdict": verdict,
         "runs": 1,
         "seconds": seconds,
         "engine_seconds": result.seconds,
@@ -272,6 +278,9 @@ def main() -> None:
     parser.add_argument("--target", default="faulty", help="faulty (the planted-fault cmd) or an engine spec")
     parser.add_argument("--target-precision", default="fp32", help="fp32, fp16, or '' (what the engine states)")
     parser.add_argument("--healthy", help="also run this target spec on each model with no fault")
+    parser.add_argument(
+        "--own-fault", action="store_true", help="no planted fault: the methods on the target's own (real) fault"
+    )
     parser.add_argument("--corpus", action="store_true", help="20 cases with run's default options")
     parser.add_argument("--search", default="auto", help="--corpus: the search option of every case")
     parser.add_argument("--json", type=Path, help="append one JSON line per case and method")
@@ -298,13 +307,16 @@ def compare_methods(args: argparse.Namespace, tmp: Path, base_cache: Path) -> No
 
         n_ops = len(load_model(model_dir).ops)
         cases: list[tuple[float | None, int | None, str | None]] = list(planted_faults(model_dir, depths))
+        if args.own_fault:
+            cases = [(None, None, OWN)]  # the target's own fault: unknown until bisect-lite finds it
         if args.healthy:
             cases.append((None, None, None))
         for depth, index, tensor in cases:
             faults = write_faults(tmp, name, index, tensor) if tensor is not None and index is not None else None
             ref_dir = None
-            for method in methods if faults is not None else ["healthy"]:
-                spec = args.target if faults is not None else args.healthy
+            found_by_bisect: int | None = None
+            for method in methods if faults is not None or tensor == OWN else ["healthy"]:
+                spec = args.target if tensor is not None else args.healthy
                 target = Target(spec, tmp, faults)
                 out = tmp / f"{name}-{index}-{method}"
                 cache = base_cache / f"{name}-{index}-{method.split('+')[0]}"
@@ -320,13 +332,18 @@ def compare_methods(args: argparse.Namespace, tmp: Path, base_cache: Path) -> No
                     row = {"error": "needs a bisect-lite run first (its reference dump)", "found": None}
                 elif method == "markall":
                     row = run_child("_markall", str(model_dir), str(ref_dir), target.spec)
+                elif index is None and found_by_bisect is None:
+                    row = {"error": "the linear scan runs up to the op bisect-lite found: none", "found": None}
                 else:
-                    row = run_child("_linear", str(model_dir), str(ref_dir), target.spec, str(index),
+                    upto = index if index is not None else found_by_bisect
+                    row = run_child("_linear", str(model_dir), str(ref_dir), target.spec, str(upto),
                                     str(args.linear_samples))  # fmt: skip
+                if method in ("binary", "multicut") and found_by_bisect is None:
+                    found_by_bisect = row.get("found")
                 peak = target.stop()
                 if peak is not None:
                     row.setdefault("peaks", {})["target engine"] = round(peak, 1)
-                row.update(model=name, ops=n_ops, depth=depth, planted=index, method=method)
+                row.update(model=name, ops=n_ops, depth=depth, planted=index, method=method, own=tensor == OWN)
                 print_row(row)
                 if args.json:
                     with open(args.json, "a") as f:
@@ -338,7 +355,9 @@ def print_row(row: dict[str, Any]) -> None:
     if "error" in row:
         print(f"{row['model']:<6} {row['ops']:>5} {planted:>5} {row['method']:<14} error: {row['error']}")
         return
-    if row["planted"] is None:
+    if row.get("own"):
+        found = f"{row['found']}" if row["found"] is not None else row.get("verdict", "none")[:5]
+    elif row["planted"] is None:
         found = row.get("verdict", "?")[:5]
     else:
         found = "yes" if row["found"] == row["planted"] else f"NO({row['found']})"

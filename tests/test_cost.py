@@ -227,7 +227,8 @@ DET_FAULT = "elementwise_add_53"  # made by op 186, mid-model
 
 @pytest.fixture(scope="module")
 def det_cold(fault_server, tmp_path_factory):
-    """PP-OCRv5 det with a planted fault in a fetch-invariant cmd: target (multi-cut opted in), on a cold cache."""
+    """PP-OCRv5 det with a planted fault in a fetch-invariant cmd: target, default options (the second run shows it
+    fetch-invariant), on a cold cache."""
     det = ppocr_model("det")
     tmp = tmp_path_factory.mktemp("det")
     target = faulty_target(fault_server, tmp, DET_FAULT)
@@ -236,7 +237,6 @@ def det_cold(fault_server, tmp_path_factory):
         target=target,
         out=tmp / "cold",
         inputs=det / "inputs.npz",
-        search="multicut",
         minimise=False,
         target_precision="fp32",
     )
@@ -257,13 +257,14 @@ def test_det_localises_a_planted_fault_in_three_target_runs(det_cold):
     assert every["observed"] and every["batches"] == 1 and every["memory"] is None, every
     assert every["checked"] >= 370 and every["beyond_tolerance"][0] == DET_FAULT
     assert report["search_probes"] == 1 and "confirmed by a plain probe" in report["search_strategy_reason"]
+    assert every["fetch_invariance"] == "bit-identical outputs", every
     assert report["reference"]["dump"] == "computed" and report["reference"]["runs"] >= 2
 
 
 def test_a_second_run_takes_the_reference_from_the_cache(det_cold, capsys):
     cold, out = det_cold.report, det_cold.tmp / "warm"
     args = ["run", str(det_cold.det), "--ref", "paddle", "--target", det_cold.target, "--out", str(out)]
-    args += ["--inputs", str(det_cold.det / "inputs.npz"), "--search", "multicut", "--target-precision", "fp32"]
+    args += ["--inputs", str(det_cold.det / "inputs.npz"), "--target-precision", "fp32"]
     with private_cache(det_cold.tmp / "cache"):
         code, stdout, _ = run_cli([*args, "--no-minimise"], capsys)
     assert code == 1, stdout
