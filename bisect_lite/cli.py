@@ -631,8 +631,9 @@ def run(
         str,
         typer.Option(
             "--search",
-            help="auto: observe several cuts per target run when the target allows it (default); multicut: "
-            "always (a cmd: runner whose results do not depend on what it fetches); binary: one cut per run.",
+            help="auto: observe several cuts per target run when the target allows it (default; a cmd: runner "
+            "when its second whole-model run, fetching every tensor, returns bit-identical outputs); multicut: "
+            "always, without that test; binary: one cut per run.",
         ),
     ] = "auto",
     max_memory: Annotated[
