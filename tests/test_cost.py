@@ -108,12 +108,31 @@ def test_a_cmd_target_whose_values_depend_on_what_it_fetches_keeps_the_binary_se
     )  # fmt: skip
     report = run_bisect(FIXTURES / "resnet", options)
     assert [c["index"] for c in report["culprits"]] == [23]
-    assert report["search_strategy"] == "binary" and "outputs changed" in report["search_strategy_reason"]
+    assert report["search_strategy"] == "binary" and "not return the same outputs" in report["search_strategy_reason"]
     assert report["full_model"]["every_tensor"]["fetch_invariance"] == "changed outputs"
     assert localisation_runs(report) <= math.ceil(math.log2(report["ops"])) + 2, report["target_runs_by_phase"]
     assert report["target_runs_by_phase"]["confirm"] == 2 and report["target_runs_by_phase"]["determinism"] == 1
     assert report["target_nondeterministic"] is False
     assert any("depends on which tensors it fetches" in n for n in report["notes"]), report["notes"]
+
+
+def test_a_cmd_target_that_fails_when_asked_for_every_tensor_keeps_the_binary_search(fault_server, tmp_path):
+    """A runner that cannot return many tensors (it aborts beyond 5): the failed test run is no verdict; a plain
+    second run decides determinism and the binary search finds the fault."""
+    faults = tmp_path / "faults.json"
+    faults.write_text(json.dumps([
+        {"kind": "scale", "tensor": "batch_norm_7.tmp_0", "factor": 1.5}, {"kind": "max_fetches", "count": 5}
+    ]))  # fmt: skip
+    target = f"cmd:{sys.executable} {FAULTY} run {fault_server} {faults} {{model_dir}} {{inputs}} {{outputs}}"
+    options = RunOptions(
+        ref="paddle", target=target, out=tmp_path / "out", inputs=FIXTURES / "resnet" / "inputs.npz",
+        minimise=False, target_precision="fp32",
+    )  # fmt: skip
+    report = run_bisect(FIXTURES / "resnet", options)
+    assert report["verdict"] == "mismatch" and [c["index"] for c in report["culprits"]] == [23]
+    assert report["search_strategy"] == "binary" and "or it failed" in report["search_strategy_reason"]
+    assert report["target_runs_by_phase"]["confirm"] == 3 and report["target_nondeterministic"] is False
+    assert any("crashed when asked for every tensor" in n for n in report["notes"]), report["notes"]
 
 
 def test_report_records_the_peak_of_every_process(resnet_runs):

@@ -73,7 +73,10 @@ def choose_strategy(ctx: RunContext, hunted: Status) -> tuple[str, str]:
             "(tested on the second whole-model run)"
         )
     if engine.fetch_invariant is None and ctx.fetch_invariance_shown is False:
-        why = f"the {engine.name} target's outputs changed when the second whole-model run fetched every tensor"
+        why = (
+            f"the {engine.name} target did not return the same outputs when the second whole-model run fetched "
+            "every tensor (they changed, or it failed)"
+        )
     elif engine.fetch_invariant is None:
         why = f"the {engine.name} target was not tested for fetching more tensors (the second run did not fetch them)"
     else:

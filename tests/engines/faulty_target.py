@@ -12,6 +12,7 @@ Faults (JSON list), each keyed by the tensor an op writes, so they follow the op
     {"kind": "crash", "tensor": T}      abort when the model computes T
     {"kind": "hang", "tensor": T}       never answer when the model computes T
     {"kind": "noise", "tensor": T, "amplitude": 1e-6}   different tiny noise on every run (non-deterministic)
+    {"kind": "max_fetches", "count": N}   abort when the model fetches more than N tensors (a runner with a limit)
     {"kind": "fp16"}                    run under fp16 storage rounding (bisect_lite.engines.fp16), faults included:
                                         a half-precision device with (or without) a kernel fault
 Usage: faulty_target.py serve SOCKET
@@ -67,6 +68,10 @@ def server(sock_path: str) -> None:
         faults = [f for f in faults if f["kind"] != "fp16"]
         active = []
         for f in faults:
+            if f["kind"] == "max_fetches":
+                if len(model.fetches) > f["count"]:
+                    return None, {"kind": "crash", "tensor": f"{len(model.fetches)} fetches"}, []
+                continue
             if f["tensor"] not in model.producers:
                 continue
             if any(t not in model.producers for t in f.get("requires", [])):
