@@ -119,6 +119,12 @@ class NpzReader(Mapping[str, np.ndarray]):
         self._file.close()
 
 
+def check_npy(path: Path) -> None:
+    """BadNpz unless `path` is a .npy whose data is exactly as long as its header says (the data is not read)."""
+    with open(path, "rb") as f:
+        _check(*_read_header(f), Path(path).stat().st_size)
+
+
 def _parse_v1(data: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int] | None:
     """The header of a version 1.0 .npy starting `data`, when all of it is there and numpy wrote it; else None."""
     if data[:8] != b"\x93NUMPY\x01\x00" or len(data) < 10:

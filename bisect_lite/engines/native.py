@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ import numpy as np
 
 from bisect_lite import fsutil
 from bisect_lite.engines.worker import run_in_group
+from bisect_lite.npz import check_npy
 
 LIBRARY = "libpaddle_light_api_shared.so"
 RUNNER = "bisect_lite_runner"
@@ -101,28 +101,12 @@ def read_outputs(out_dir: Path, fetches: list[str], outputs_file: Path) -> tuple
         with zipfile.ZipFile(outputs_file, "w", zipfile.ZIP_STORED) as archive:
             for i, name in enumerate(fetches):
                 path = out_dir / f"{i}.npy"
-                _check_npy(path)
+                check_npy(path)
                 archive.write(path, arcname=f"{name}.npy")
     except (OSError, ValueError) as exc:
         outputs_file.unlink(missing_ok=True)
         return None, f"incomplete runner outputs ({exc})"
     return info if isinstance(info, dict) else {}, ""
-
-
-def _check_npy(path: Path) -> None:
-    """ValueError unless `path` is a .npy (version 1 or 2) whose data is as long as its header says (the size is
-    checked, the data not read)."""
-    with path.open("rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"{path.name}: .npy version {version} is not one the runner writes")
-        needed = f.tell() + math.prod(shape) * dtype.itemsize
-    if dtype.hasobject or path.stat().st_size < needed:
-        raise ValueError(f"{path.name}: truncated or not an array file")
 
 
 def last_json_line(text: str) -> dict[str, Any]:
