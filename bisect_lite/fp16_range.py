@@ -335,9 +335,10 @@ def op_range(model: Model, index: int, read: Reader) -> dict[str, Any]:
 def range_failure_possible(size: int, ref_norm: float) -> bool:
     """Whether `target_range_failure` could find anything in a tensor of `size` finite elements whose reference has
     L2 norm `ref_norm` (computed by the judgement already): pinned values need |ref| > 65504 somewhere, and the L2
-    norm bounds max |ref|; flushed subnormals need zeros carrying UNDERFLOW_SHARE of the norm, and even `size`
-    of them just below 2^-14 could not (half the share: the norms' summation orders differ)."""
-    if not math.isfinite(ref_norm) or ref_norm > FP16_MAX:
+    norm bounds max |ref| (compared with PINNED, 0.1 % under 65504: a float32 norm may round below the true max);
+    flushed subnormals need zeros carrying UNDERFLOW_SHARE of the norm, and even `size` of them just below 2^-14
+    could not (half the share: the norms' summation orders differ)."""
+    if not math.isfinite(ref_norm) or ref_norm > PINNED:
         return True
     return math.sqrt(size) * FP16_MIN_NORMAL > 0.5 * UNDERFLOW_SHARE * ref_norm
 
